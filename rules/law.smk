@@ -1,0 +1,27 @@
+rule fit_law:
+    input:
+        measurements=config["measurements"],
+    output:
+        r2=f"{OUT}/law/r2.csv",
+        summary=f"{OUT}/law/summary.csv",
+        coefficients=f"{OUT}/law/coefficients.csv",
+        predictions=f"{OUT}/law/predictions.csv",
+        normalisation=f"{OUT}/law/normalisation.csv",
+    log:
+        f"{OUT}/logs/fit_law.log",
+    benchmark:
+        f"{OUT}/benchmarks/fit_law.tsv"
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 1  # a few dozen tiny least-squares fits
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        groups=GROUPS,
+        feature_sets=config["law"]["feature_sets"],
+        predict_with=config["law"]["predict_with"],
+        seed=config["law"]["seed"],
+        code=code_hash("law", "measurements"),
+    script:
+        "../workflow/scripts/fit_law.py"

@@ -1,0 +1,176 @@
+"""Figures of the AC law and the AC policy (matplotlib, Agg backend, PNG).
+
+Each function takes the workflow's tables and writes one PNG atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workflow jobs have no display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vislaw.io import atomic_path  # noqa: E402
+from vislaw.law import design_matrix  # noqa: E402
+from vislaw.measurements import Measurements  # noqa: E402
+
+_GROUP_COLOURS = {"vision": "#1f77b4", "ocr": "#ff7f0e", "all": "#7f7f7f"}
+
+
+def _panel_grid(n: int, width: float = 3.6, height: float = 3.3) -> tuple[plt.Figure, np.ndarray]:
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_measured_vs_predicted(
+    predictions: pd.DataFrame, r2: pd.DataFrame, features: str, out_png: str | Path
+) -> None:
+    """Per benchmark: measured score against the law's in-sample prediction, settings labelled."""
+    benchmarks = list(dict.fromkeys(predictions["benchmark"]))
+    fig, axes = _panel_grid(len(benchmarks))
+    for ax, benchmark in zip(axes, benchmarks):
+        sub = predictions[predictions["benchmark"] == benchmark]
+        scored = sub[sub["measured"].notna()]
+        candidates = sub[sub["measured"].isna()]
+        ax.scatter(scored["predicted"], scored["measured"], s=22, color="#1f77b4", zorder=3, label="scored")
+        for _, row in scored.iterrows():
+            ax.annotate(row["setting"], (row["predicted"], row["measured"]), fontsize=6, xytext=(2, 2),
+                        textcoords="offset points")
+        lo = min(scored["predicted"].min(), scored["measured"].min())
+        hi = max(scored["predicted"].max(), scored["measured"].max())
+        pad = 0.05 * (hi - lo)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, ls="--", zorder=1)
+        if not candidates.empty:
+            for _, row in candidates.iterrows():
+                ax.axvline(row["predicted"], color="#d62728", lw=0.8, alpha=0.6)
+                ax.annotate(f"{row['setting']} (candidate)", (row["predicted"], lo), fontsize=6, rotation=90,
+                            color="#d62728", xytext=(2, 2), textcoords="offset points")
+        fit = r2[(r2["benchmark"] == benchmark) & (r2["features"] == features)].iloc[0]
+        ax.set_title(f"{benchmark}\nR$^2$={fit['r2']:.3f}  Q$^2_{{LOO}}$={fit['q2_loo']:.3f}", fontsize=9)
+        ax.set_xlabel(f"predicted ({features})", fontsize=8)
+        ax.set_ylabel("measured", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("AC law: measured vs predicted benchmark scores", fontsize=11)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_law_surfaces(
+    measurements: Measurements,
+    coefficients: pd.DataFrame,
+    normalisation: pd.DataFrame,
+    features: str,
+    out_png: str | Path,
+) -> None:
+    """Per benchmark: the fitted score over normalised (A, C), settings marked and coloured by measured score."""
+    benchmarks = list(measurements.benchmarks)
+    fig, axes = _panel_grid(len(benchmarks), width=3.9, height=3.4)
+    grid = np.linspace(-0.05, 1.05, 111)
+    ga, gc = np.meshgrid(grid, grid)
+    for ax, benchmark in zip(axes, benchmarks):
+        coef = coefficients[(coefficients["benchmark"] == benchmark) & (coefficients["features"] == features)]
+        norm = normalisation[normalisation["benchmark"] == benchmark].set_index("quantity")
+        surface = (design_matrix(ga.ravel(), gc.ravel(), list(coef["term"])) @ coef["value"].to_numpy())
+        surface = surface.reshape(ga.shape)
+        # One colour scale for surface and dots: the normalised score range, saturating outside it (the
+        # fitted quadratic can dive far below 0 where no setting lies, which would wash out the contrast).
+        levels = np.linspace(-0.1, 1.1, 25)
+        image = ax.contourf(ga, gc, surface, levels=levels, cmap="viridis", extend="both")
+        ax.contour(ga, gc, surface, levels=[0.25, 0.5, 0.75, 1.0], colors="white", linewidths=0.6)
+        a = (measurements.a[benchmark] - norm.loc["A", "min"]) / (norm.loc["A", "max"] - norm.loc["A", "min"])
+        c = (measurements.c - norm.loc["C", "min"]) / (norm.loc["C", "max"] - norm.loc["C", "min"])
+        y = measurements.scores[benchmark]
+        y_norm = (y - norm.loc["score", "min"]) / (norm.loc["score", "max"] - norm.loc["score", "min"])
+        scored = ~np.isnan(y)
+        ax.scatter(a[scored], c[scored], c=y_norm[scored], cmap="viridis", vmin=levels[0], vmax=levels[-1],
+                   edgecolors="black", linewidths=0.9, s=34, zorder=3)
+        ax.scatter(a[~scored], c[~scored], marker="x", color="#d62728", s=30, zorder=3)
+        for name, xa, xc in zip(measurements.settings, a, c):
+            ax.annotate(name, (xa, xc), fontsize=5.5, color="white", xytext=(2, 2), textcoords="offset points",
+                        path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")])
+        ax.set_xlim(grid[0], grid[-1])
+        ax.set_ylim(grid[0], grid[-1])
+        ax.set_title(benchmark, fontsize=9)
+        ax.set_xlabel("A (normalised)", fontsize=8)
+        ax.set_ylabel("C (normalised)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.25, 0.5, 0.75, 1.0])
+        colorbar.ax.tick_params(labelsize=6)
+    fig.suptitle(f"Fitted AC law ({features}): normalised score over normalised A and C; dots: settings, "
+                 "coloured by measured score on the same scale (x: candidates)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_r2_comparison(summary: pd.DataFrame, feature_sets: Sequence[str], out_png: str | Path) -> None:
+    """Mean in-sample R^2 and leave-one-out Q^2 of each feature set, per benchmark group."""
+    groups = list(dict.fromkeys(summary["group"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    x = np.arange(len(feature_sets))
+    width = 0.8 / len(groups)
+    for ax, column, title in zip(axes, ["mean_r2", "mean_q2_loo"], ["in-sample R$^2$", "leave-one-out Q$^2$"]):
+        for i, group in enumerate(groups):
+            sub = summary[summary["group"] == group].set_index("features")
+            values = [sub.loc[f, column] if f in sub.index else np.nan for f in feature_sets]
+            bars = ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width,
+                          color=_GROUP_COLOURS.get(group), label=group)
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, feature_sets, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"mean {title} by benchmark group", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean over the group's benchmarks")
+    bottom = min(-0.1, float(np.nanmin(summary[["mean_r2", "mean_q2_loo"]].to_numpy())) - 0.1)
+    axes[0].set_ylim(max(bottom, -1.5), 1.1)
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.text(0.5, -0.02, "Q$^2$ below -1.5 is clipped.", ha="center", fontsize=7)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_policy_recall(simulation: pd.DataFrame, groups: Mapping[str, str], out_png: str | Path) -> None:
+    """Recall@3 of the AC policy by training budget against random order, per benchmark and on average."""
+    benchmarks = list(dict.fromkeys(simulation["benchmark"]))
+    fig, axes = _panel_grid(len(benchmarks) + 1, width=3.4, height=3.0)
+    for ax, benchmark in zip(axes, benchmarks):
+        sub = simulation[simulation["benchmark"] == benchmark]
+        ax.plot(sub["budget"], sub["recall_at_3"], marker="o", ms=3, label="AC policy, Recall@3")
+        ax.plot(sub["budget"], sub["recall_at_1"], marker=".", ms=3, ls=":", label="AC policy, Recall@1")
+        ax.plot(sub["budget"], sub["random_recall_at_3"], color="0.5", ls="--", label="random order")
+        ax.set_title(f"{benchmark} ({groups.get(benchmark, '?')})", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("trainings (budget)", fontsize=8)
+        ax.set_ylabel("recall", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    mean = simulation.groupby("budget")[["recall_at_1", "recall_at_3", "random_recall_at_3"]].mean()
+    ax = axes[len(benchmarks)]
+    ax.plot(mean.index, mean["recall_at_3"], marker="o", ms=3, label="AC policy, Recall@3")
+    ax.plot(mean.index, mean["recall_at_1"], marker=".", ms=3, ls=":", label="AC policy, Recall@1")
+    ax.plot(mean.index, mean["random_recall_at_3"], color="0.5", ls="--", label="random order")
+    ax.set_title("mean over benchmarks", fontsize=9)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("trainings (budget)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right")
+    trials = int(simulation["trials"].iloc[0])
+    fig.suptitle(f"AC policy: share of {trials} runs whose predicted top-3 holds the best setting", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_png)
