@@ -1,0 +1,1 @@
+"""The A (cross-modal alignment) and C (correspondence) scores of METHOD.md, over arrays and tensors."""
