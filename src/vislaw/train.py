@@ -1,0 +1,256 @@
+"""LLaVA-style multimodal training on cached encoder features.
+
+The MLLM is frozen vision encoder -> ``mlp2x_gelu`` projector -> causal LM. Because the encoder is frozen,
+training reads its cached patch tokens (the HDF5 feature cache) instead of images.
+
+- Stage 1 (:func:`train_projector`): only the projector learns, on image-caption pairs, with the
+  captioning loss; the sequence is ``<s> [visual tokens] caption </s>`` and the loss covers the caption
+  and ``</s>`` (LLaVA-1.5's pretraining recipe, with the conversation template reduced to this).
+- A score (:func:`caption_loglik`): the mean per-token log-likelihood of the caption under the frozen
+  stage-1 model.
+- Stage 2 (:func:`train_mllm`): projector and LM learn on instruction data, loss on the answers only.
+- Evaluation (:func:`score_options`): the log-likelihood of each multiple-choice option given the image
+  and the question; the prediction is the most likely option.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from vislaw.llm import cosine_lr
+from vislaw.scores.alignment import token_logliks
+
+
+class Projector(nn.Module):
+    """LLaVA-1.5's ``mlp2x_gelu``: Linear -> GELU -> Linear, from encoder width to LM width."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A piece of the sequence after the visual tokens; ``scored`` parts carry the loss."""
+
+    text: str
+    scored: bool
+
+
+def tokenize_parts(
+    tokenizer: PreTrainedTokenizerFast, parts: Sequence[TextPart], end_with_eos: bool = True
+) -> tuple[list[int], list[bool]]:
+    """Token ids of the parts, and which ids are scored; a closing ``</s>`` is scored with the last part."""
+    ids: list[int] = []
+    scored: list[bool] = []
+    for part in parts:
+        piece = tokenizer(part.text, add_special_tokens=False)["input_ids"]
+        ids.extend(piece)
+        scored.extend([part.scored] * len(piece))
+    if end_with_eos:
+        ids.append(tokenizer.eos_token_id)
+        scored.append(bool(parts[-1].scored))
+    return ids, scored
+
+
+def build_batch(
+    llm: nn.Module,
+    projector: Projector,
+    visual: torch.Tensor,
+    texts: Sequence[tuple[list[int], list[bool]]],
+    tokenizer: PreTrainedTokenizerFast,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input embeddings ``<s> [visual] text`` right-padded, with labels, score mask and attention mask.
+
+    Returns (embeds (B, L, H), labels (B, L), scored (B, L) bool, attention (B, L) long).
+    """
+    device = visual.device
+    embed = llm.get_input_embeddings()
+    batch, n_visual = visual.shape[0], visual.shape[1]
+    lengths = [1 + n_visual + len(ids) for ids, _ in texts]
+    width = max(lengths)
+    labels = torch.full((batch, width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    scored = torch.zeros((batch, width), dtype=torch.bool, device=device)
+    attention = torch.zeros((batch, width), dtype=torch.long, device=device)
+    labels[:, 0] = tokenizer.bos_token_id
+    for row, (ids, flags) in enumerate(texts):
+        start = 1 + n_visual
+        labels[row, start : start + len(ids)] = torch.tensor(ids, device=device)
+        scored[row, start : start + len(ids)] = torch.tensor(flags, device=device)
+        attention[row, : lengths[row]] = 1
+    text_embeds = embed(labels)
+    visual_embeds = projector(visual.to(text_embeds.dtype))
+    embeds = torch.cat([text_embeds[:, :1], visual_embeds, text_embeds[:, 1 + n_visual :]], dim=1)
+    return embeds, labels, scored, attention
+
+
+def sequence_logliks(
+    llm: nn.Module,
+    projector: Projector,
+    visual: torch.Tensor,
+    texts: Sequence[tuple[list[int], list[bool]]],
+    tokenizer: PreTrainedTokenizerFast,
+) -> torch.Tensor:
+    """Per-sequence mean log-likelihood of the scored tokens, (B,)."""
+    embeds, labels, scored, attention = build_batch(llm, projector, visual, texts, tokenizer)
+    logits = llm(inputs_embeds=embeds, attention_mask=attention).logits
+    return token_logliks(logits, labels, scored)
+
+
+def _batches(n: int, batch_size: int, epochs: float, generator: torch.Generator):
+    """Shuffled index batches covering ``epochs`` passes over ``n`` items."""
+    steps = max(1, round(epochs * n / batch_size))
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(n, generator=generator)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def _steps(n: int, config: TrainConfig) -> int:
+    return max(1, round(config.epochs * n / config.batch_size))
+
+
+def _fit(
+    parameters: list[nn.Parameter],
+    loss_of_batch,
+    n: int,
+    config: TrainConfig,
+    name: str,
+    log=sys.stderr,
+) -> list[float]:
+    generator = torch.Generator().manual_seed(config.seed)
+    total = _steps(n, config)
+    warmup = max(1, round(config.warmup_ratio * total))
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total, warmup))
+    losses = []
+    for step, index in enumerate(_batches(n, config.batch_size, config.epochs, generator)):
+        loss = loss_of_batch(index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == total - 1:
+            print(f"{name} step {step:5d}/{total} loss {losses[-1]:.4f}", file=log)
+    return losses
+
+
+def train_projector(
+    llm: nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    features: torch.Tensor,
+    captions: Sequence[str],
+    config: TrainConfig,
+    log=sys.stderr,
+) -> tuple[Projector, list[float]]:
+    """Stage 1: a fresh projector trained on (features (N, T, D), captions), LM frozen."""
+    if len(features) != len(captions):
+        raise ValueError(f"{len(features)} feature rows but {len(captions)} captions")
+    torch.manual_seed(config.seed)
+    projector = Projector(features.shape[-1], llm.get_input_embeddings().embedding_dim)
+    llm.requires_grad_(False)
+    texts = [tokenize_parts(tokenizer, [TextPart(c, True)]) for c in captions]
+
+    def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
+        return -sequence_logliks(llm, projector, features[index], [texts[i] for i in index], tokenizer).mean()
+
+    losses = _fit(list(projector.parameters()), loss_of_batch, len(captions), config, "stage1", log)
+    projector.eval()
+    return projector, losses
+
+
+@torch.inference_mode()
+def caption_loglik(
+    llm: nn.Module,
+    projector: Projector,
+    tokenizer: PreTrainedTokenizerFast,
+    features: torch.Tensor,
+    captions: Sequence[str],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """A (v3) per pair: (1/T) sum_t log P(y_t | f(I), y_<t), natural log, caption tokens only."""
+    texts = [tokenize_parts(tokenizer, [TextPart(c, True)], end_with_eos=False) for c in captions]
+    out = [
+        sequence_logliks(llm, projector, features[i : i + batch_size], texts[i : i + batch_size], tokenizer)
+        for i in range(0, len(texts), batch_size)
+    ]
+    return torch.cat(out)
+
+
+def train_mllm(
+    llm: nn.Module,
+    projector: Projector,
+    tokenizer: PreTrainedTokenizerFast,
+    features: torch.Tensor,
+    conversations: Sequence[tuple[str, str]],
+    config: TrainConfig,
+    log=sys.stderr,
+) -> list[float]:
+    """Stage 2: projector and LM trained in place on (question, answer) turns, loss on the answers."""
+    torch.manual_seed(config.seed)
+    llm.requires_grad_(True)
+    llm.train()
+    projector.train()
+    texts = [tokenize_parts(tokenizer, [TextPart(q, False), TextPart(a, True)]) for q, a in conversations]
+
+    def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
+        return -sequence_logliks(llm, projector, features[index], [texts[i] for i in index], tokenizer).mean()
+
+    parameters = list(projector.parameters()) + [p for p in llm.parameters() if p.requires_grad]
+    losses = _fit(parameters, loss_of_batch, len(conversations), config, "stage2", log)
+    llm.eval()
+    projector.eval()
+    llm.requires_grad_(False)
+    return losses
+
+
+@torch.inference_mode()
+def score_options(
+    llm: nn.Module,
+    projector: Projector,
+    tokenizer: PreTrainedTokenizerFast,
+    features: torch.Tensor,
+    questions: Sequence[str],
+    options: Sequence[Sequence[str]],
+    batch_size: int = 64,
+) -> list[list[float]]:
+    """Mean log-likelihood of each option (and ``</s>``) after the image and question."""
+    flat: list[tuple[int, tuple[list[int], list[bool]]]] = []
+    for row, (question, opts) in enumerate(zip(questions, options)):
+        for option in opts:
+            flat.append((row, tokenize_parts(tokenizer, [TextPart(question, False), TextPart(option, True)])))
+    values: list[float] = []
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start : start + batch_size]
+        visual = features[torch.tensor([row for row, _ in chunk])]
+        values.extend(sequence_logliks(llm, projector, visual, [t for _, t in chunk], tokenizer).tolist())
+    out: list[list[float]] = []
+    position = 0
+    for opts in options:
+        out.append(values[position : position + len(opts)])
+        position += len(opts)
+    return out

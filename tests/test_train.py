@@ -1,0 +1,107 @@
+"""The tiny LM, stage-1 projector training, the caption log-likelihood, stage 2 and option scoring."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from vislaw.llm import PretrainConfig, TinyLlamaConfig, load_llm, pretrain_llm, train_tokenizer
+from vislaw.train import TrainConfig, caption_loglik, score_options, train_mllm, train_projector
+
+COLOURS = ["red", "green", "blue", "yellow"]
+SHAPES = ["circle", "square", "triangle"]
+CORPUS = [f"a {s} {c} {shape} on the left of a {c2} {shape2}."
+          for s in ("small", "large") for c in COLOURS for shape in SHAPES for c2 in COLOURS for shape2 in SHAPES[:2]]
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("llm") / "llm"
+    losses = pretrain_llm(CORPUS, out, TinyLlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
+                                                       num_hidden_layers=2, num_attention_heads=2),
+                          PretrainConfig(steps=80, batch_size=16, seq_len=32, lr=5e-3, warmup=5), log=io.StringIO())
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10  # the LM learned the corpus
+    return out
+
+
+def test_tokenizer_round_trips_any_text() -> None:
+    tokenizer = train_tokenizer(CORPUS, 300)
+    text = "a small red circle: Ωk 42!"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.eos_token == "</s>" and tokenizer.pad_token_id is not None
+
+
+def test_saved_llm_loads_offline(tiny_llm: Path) -> None:
+    model, tokenizer = load_llm(tiny_llm)
+    assert model.config.hidden_size == 32 and len(tokenizer) <= 300
+    assert (tiny_llm / "train_log.json").is_file()
+    assert not list(tiny_llm.parent.glob(".*tmp"))  # the atomic build folder is gone
+    with pytest.raises(FileNotFoundError, match="llm.weights: model directory"):
+        load_llm(tiny_llm.parent / "missing")
+
+
+def features_and_captions(n: int, seed: int = 0) -> tuple[torch.Tensor, list[str], list[int]]:
+    """Features (n, 4 tokens, 12) that encode a colour (one-hot in token 0) plus noise, with captions."""
+    g = torch.Generator().manual_seed(seed)
+    colour = torch.randint(0, len(COLOURS), (n,), generator=g)
+    features = 0.1 * torch.randn(n, 4, 12, generator=g)
+    features[torch.arange(n), 0, colour] += 3.0
+    captions = [f"a small {COLOURS[c]} circle on the left of a red square." for c in colour.tolist()]
+    return features, captions, colour.tolist()
+
+
+def test_stage1_lowers_the_caption_loss_and_is_reproducible(tiny_llm: Path) -> None:
+    llm, tokenizer = load_llm(tiny_llm)
+    features, captions, _ = features_and_captions(96)
+    config = TrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=1)
+    projector, losses = train_projector(llm, tokenizer, features, captions, config, log=io.StringIO())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    again, losses_again = train_projector(llm, tokenizer, features, captions, config, log=io.StringIO())
+    assert losses == losses_again
+    for a, b in zip(projector.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(not p.requires_grad for p in llm.parameters())  # the LM stayed frozen
+
+
+def test_caption_loglik_equals_a_manual_loop_over_tokens(tiny_llm: Path) -> None:
+    llm, tokenizer = load_llm(tiny_llm)
+    features, captions, _ = features_and_captions(3, seed=5)
+    torch.manual_seed(0)
+    from vislaw.train import Projector
+
+    projector = Projector(12, 32)
+    batched = caption_loglik(llm, projector, tokenizer, features, captions, batch_size=2)
+    embed = llm.get_input_embeddings()
+    with torch.inference_mode():
+        for i, caption in enumerate(captions):
+            ids = tokenizer(caption, add_special_tokens=False)["input_ids"]
+            prefix = torch.cat([embed(torch.tensor([[tokenizer.bos_token_id]])), projector(features[i : i + 1])], 1)
+            total = 0.0
+            for t, token in enumerate(ids):
+                seen = embed(torch.tensor([ids[:t]], dtype=torch.long)) if t else prefix[:, :0]
+                logits = llm(inputs_embeds=torch.cat([prefix, seen], 1)).logits[0, -1]
+                total += float(torch.log_softmax(logits.double(), -1)[token])
+            assert batched[i].item() == pytest.approx(total / len(ids), abs=1e-4)
+    assert (batched < 0).all()
+
+
+def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path) -> None:
+    llm, tokenizer = load_llm(tiny_llm)
+    features, _, colours = features_and_captions(160, seed=2)
+    question = "what colour is the circle?"
+    conversations = [(question, COLOURS[c]) for c in colours]
+    projector, _ = train_projector(llm, tokenizer, features, [f"a {COLOURS[c]} circle." for c in colours],
+                                   TrainConfig(epochs=3, batch_size=16, lr=3e-3), log=io.StringIO())
+    losses = train_mllm(llm, projector, tokenizer, features[:128], conversations[:128],
+                        TrainConfig(epochs=10, batch_size=16, lr=3e-3), log=io.StringIO())
+    assert losses[-1] < losses[0]
+    scores = score_options(llm, projector, tokenizer, features[128:], [question] * 32, [COLOURS] * 32)
+    accuracy = sum(max(range(4), key=s.__getitem__) == c for s, c in zip(scores, colours[128:])) / 32
+    print(f"stage-2 accuracy {accuracy:.3f}")
+    assert accuracy > 0.5, accuracy  # chance is 0.25
+    assert all(len(s) == 4 and all(math.isfinite(v) for v in s) for s in scores)
