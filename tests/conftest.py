@@ -34,11 +34,15 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run snakemake (this interpreter's) in ``workdir``; output captured, failures shown in full."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    """Run snakemake (this interpreter's) in ``workdir``; output captured, failures shown in full.
+
+    ``timeout`` (seconds) is enforced by coreutils' timeout with a KILL 30 s later: a Snakemake waiting on
+    a cluster can ignore SIGTERM.
+    """
+    cmd = ["timeout", "-k", "30", str(timeout), sys.executable, "-m", "snakemake", "--cores", "2", *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

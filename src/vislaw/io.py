@@ -55,15 +55,23 @@ def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame, float_format: s
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory next to ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield an empty temporary folder next to ``path``; it replaces ``path`` only if the block succeeds.
+
+    An existing ``path`` is moved aside before the new folder is renamed in, so at no moment is a
+    half-written folder visible under the final name.
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

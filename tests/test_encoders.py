@@ -1,0 +1,308 @@
+"""Encoder registry, kinds and framing, on tiny random-weight checkpoints loaded like real ones."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tests.tiny_checkpoints import HF_FAMILIES, TIMM_VIT, build_all, hf_spec, timm_spec
+
+from vislaw.encoders import (
+    EncoderConfigError,
+    check_spec,
+    EncoderSpec,
+    create_encoder,
+    encoder_kinds,
+    frame_image,
+    list_encoders,
+    named_spec,
+    register_encoder,
+    register_spec,
+    spec_from_config,
+)
+from vislaw.encoders.concat import resampling_record
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_all(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def images(size: int = 32, batch: int = 2) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def reference_hidden(family: str, path: Path, x: torch.Tensor, spec: EncoderSpec, **kw: object) -> tuple:
+    import transformers
+
+    model = getattr(transformers, HF_FAMILIES[family][1]).from_pretrained(path).eval()
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return model(pixel_values=(x - mean) / std, output_hidden_states=True, **kw).hidden_states
+
+
+# ---- hf ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_hf_penultimate_is_hidden_states_minus_2_patch_tokens(family: str, ckpt: dict[str, Path]) -> None:
+    spec = hf_spec(family, ckpt[family])
+    enc = create_encoder(spec)
+    x = images()
+    with torch.inference_mode():
+        out = enc.tokens(x)
+    prefix = HF_FAMILIES[family][2]
+    hidden = reference_hidden(family, ckpt[family], x, spec)
+    assert enc.grid == (4, 4)
+    assert out[-2].shape == (2, 16, 32)
+    torch.testing.assert_close(out[-2], hidden[-2][:, prefix:])
+    assert enc.num_prefix_tokens == prefix
+
+
+def test_hf_layer_indices_count_blocks(ckpt: dict[str, Path]) -> None:
+    enc = create_encoder(hf_spec("clip", ckpt["clip"]))
+    with torch.inference_mode():
+        out = enc.tokens(images(), layers=(1, -2, 0, -1))
+    torch.testing.assert_close(out[1], out[-2])  # 3 blocks: block 1 is the penultimate
+    assert not torch.allclose(out[0], out[-2]) and not torch.allclose(out[-1], out[-2])
+
+
+def test_hf_keeps_prefix_when_asked(ckpt: dict[str, Path]) -> None:
+    spec = hf_spec("dinov2", ckpt["dinov2"], drop_prefix=False)
+    enc = create_encoder(spec)
+    x = images()
+    with torch.inference_mode():
+        out = enc.tokens(x)[-2]
+    assert out.shape == (2, 17, 32) and enc.num_prefix_tokens == 1
+    torch.testing.assert_close(out, reference_hidden("dinov2", ckpt["dinov2"], x, spec)[-2])
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_hf_runs_at_another_resolution(family: str, ckpt: dict[str, Path]) -> None:
+    spec = hf_spec(family, ckpt[family], image_size=48)
+    x = images(48)
+    with torch.inference_mode():
+        out = create_encoder(spec).tokens(x)[-2]
+    assert spec.grid == (6, 6) and out.shape == (2, 36, 32)
+    hidden = reference_hidden(family, ckpt[family], x, spec, interpolate_pos_encoding=True)
+    torch.testing.assert_close(out, hidden[-2][:, HF_FAMILIES[family][2]:])
+
+
+def test_hf_config_entry_loads_from_local_path(ckpt: dict[str, Path]) -> None:
+    config = {"clip_l14": {"kind": "hf", "weights": str(ckpt["clip"]), "image_size": 32, "patch": 8,
+                           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+    spec = spec_from_config("clip_l14", config)
+    assert spec.name == "clip_l14" and spec.mean == (0.5, 0.5, 0.5)
+    assert create_encoder(spec).tokens(images())[-2].shape == (2, 16, 32)
+
+
+# ---- timm -------------------------------------------------------------------------------------------------
+
+
+def test_timm_loads_file_through_pretrained_path(ckpt: dict[str, Path]) -> None:
+    import timm
+
+    enc = create_encoder(timm_spec(ckpt["timm"]))
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TIMM_VIT).eval()
+    reference.load_state_dict(torch.load(ckpt["timm"]))
+    x = images()
+    with torch.inference_mode():
+        out = enc.tokens(x)[-2]
+        (expected,) = reference.forward_intermediates(enc.normalize(x), indices=[1], intermediates_only=True)
+    assert enc.grid == (4, 4) and out.shape == (2, 16, 32)
+    torch.testing.assert_close(out, expected.flatten(2).transpose(1, 2))
+
+
+def test_timm_resizes_vit_to_spec_resolution(ckpt: dict[str, Path]) -> None:
+    enc = create_encoder(timm_spec(ckpt["timm"], image_size=48))
+    assert enc.tokens(images(48))[-2].shape == (2, 36, 32)
+
+
+def test_timm_random_init_is_seeded() -> None:
+    x = images()
+    a, b = (create_encoder(timm_spec(None)).tokens(x)[-2] for _ in range(2))
+    other = create_encoder(timm_spec(None, options={"model": "vit_tiny_patch16_224", "model_kwargs": TIMM_VIT,
+                                                    "seed": 1})).tokens(x)[-2]
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, other)
+
+
+def test_timm_cnn_stage_grid() -> None:
+    spec = EncoderSpec(kind="timm", image_size=64, patch=16, mean=(0.5,) * 3, std=(0.5,) * 3, name="rn",
+                       options={"model": "resnet18"})
+    enc = create_encoder(spec)  # layer -2 = layer3, stride 16
+    assert enc.grid == (4, 4) and enc.tokens(images(64))[-2].shape == (2, 16, 256)
+
+
+# ---- concat -----------------------------------------------------------------------------------------------
+
+
+def test_concat_normalises_each_part_then_the_whole(ckpt: dict[str, Path]) -> None:
+    clip, dino = hf_spec("clip", ckpt["clip"]), hf_spec("dinov2", ckpt["dinov2"])
+    enc = create_encoder(EncoderSpec(kind="concat", image_size=32, parts=(clip, dino), name="c_d"))
+    x = images()
+    with torch.inference_mode():
+        joined = enc.tokens(x)[-2]
+        parts = [create_encoder(s).tokens(x)[-2] for s in (clip, dino)]
+    assert joined.shape == (2, 16, 64) and enc.grid == (4, 4)
+    torch.testing.assert_close(joined.norm(dim=-1), torch.ones(2, 16))
+    for i, part in enumerate(parts):
+        piece = joined[..., 32 * i : 32 * (i + 1)]
+        # Each part was unit norm before concatenation; with two parts the final renorm scales by 1/sqrt(2).
+        torch.testing.assert_close(piece.norm(dim=-1), torch.full((2, 16), 2**-0.5))
+        torch.testing.assert_close(piece * 2**0.5, F.normalize(part, dim=-1))
+
+
+def test_concat_resamples_off_grid_part_and_records_it(ckpt: dict[str, Path]) -> None:
+    clip = hf_spec("clip", ckpt["clip"], name="clip")
+    siglip = hf_spec("siglip", ckpt["siglip"], image_size=48, name="siglip")  # 6x6 grid
+    spec = EncoderSpec(kind="concat", image_size=32, parts=(clip, siglip), name="c_s")
+    out = create_encoder(spec).tokens(images())[-2]
+    assert out.shape == (2, 16, 64)
+    assert resampling_record(spec) == [{"part": 1, "from": [6, 6], "to": [4, 4], "mode": "bilinear"}]
+
+
+def test_concat_config_parts_reference_entries(ckpt: dict[str, Path]) -> None:
+    config = {
+        "clip": {"kind": "hf", "weights": str(ckpt["clip"]), "image_size": 32, "patch": 8, **_stats()},
+        "dino": {"kind": "hf", "weights": str(ckpt["dinov2"]), "image_size": 32, "patch": 8, **_stats()},
+        "clip_dino": {"kind": "concat", "image_size": 32, "parts": ["clip", "dino"]},
+    }
+    spec = spec_from_config("clip_dino", config)
+    assert [p.name for p in spec.parts] == ["clip", "dino"] and spec.grid == (4, 4)
+
+
+def _stats() -> dict[str, list[float]]:
+    return {"mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+# ---- errors name the config key ---------------------------------------------------------------------------
+
+
+def test_unknown_kind_names_key() -> None:
+    with pytest.raises(EncoderConfigError, match=r"encoders\.foo\.kind: Unknown encoder kind 'nope'"):
+        create_encoder(spec_from_config("foo", {"foo": {"kind": "nope"}}))
+
+
+def test_missing_checkpoint_path_names_key() -> None:
+    config = {"clip_l14": {"kind": "hf", "weights": "x", "image_size": 32, "patch": 8, **_stats()}}
+    with pytest.raises(EncoderConfigError, match=r"^encoders\.clip_l14\.weights: path 'x' does not exist"):
+        create_encoder(spec_from_config("clip_l14", config))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.t\.weights: path 'no/such/ckpt.pth' does not exist"):
+        create_encoder(dataclasses.replace(timm_spec(Path("no/such/ckpt.pth")), name="t"))
+
+
+@pytest.mark.parametrize("layer", [3, -4, 99])
+def test_layer_out_of_range_names_key(layer: int, ckpt: dict[str, Path]) -> None:
+    with pytest.raises(EncoderConfigError, match=rf"encoders\.tiny_clip\.layer: {layer} is out of range .* 3 layers"):
+        create_encoder(hf_spec("clip", ckpt["clip"], layer=layer)).tokens(images())
+    with pytest.raises(EncoderConfigError, match=r"encoders\.tiny_timm_vit\.layer: .* out of range"):
+        create_encoder(timm_spec(ckpt["timm"], layer=layer))
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ({"kind": "hf", "weights": "w", "image_size": 0}, "image_size"),
+        ({"kind": "hf", "imagesize": 224}, "imagesize"),
+        ({"kind": "hf", "frame": "crop"}, "frame"),
+        ({"kind": "hf", "mean": [0.5, 0.5]}, "mean"),
+        ({"spec": "no_such.spec"}, "spec"),
+        ({"kind": "concat", "parts": ["a", "ghost"]}, r"parts\[1\]"),
+        ({"image_size": 224}, "kind"),
+    ],
+)
+def test_bad_entries_name_key(entry: dict, key: str) -> None:
+    config = {"bad": entry, "a": {"kind": "hf", "weights": "w", "patch": 14, **_stats()}}
+    with pytest.raises(EncoderConfigError, match=rf"^encoders\.bad\.{key}:"):
+        spec_from_config("bad", config)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"kind": "nope", "patch": 8}, r"encoders\.bad\.kind: Unknown encoder kind 'nope'"),
+        ({"kind": "hf", "weights": "./missing"}, r"encoders\.bad\.patch: required"),
+        ({"kind": "hf", "weights": "./missing", "patch": 8}, r"encoders\.bad\.weights: path './missing' does not exist"),
+    ],
+)
+def test_check_spec_fails_at_parse_time(entry: dict, message: str) -> None:
+    with pytest.raises(EncoderConfigError, match=message):
+        check_spec(spec_from_config("bad", {"bad": entry}))
+    assert check_spec(named_spec("clip_l14_dinov2_l14.336")).grid == (24, 24)  # hub ids: not checked offline
+
+
+def test_missing_stats_and_patch_mismatch_name_keys(ckpt: dict[str, Path]) -> None:
+    with pytest.raises(EncoderConfigError, match=r"encoders\.tiny_clip\.mean: required"):
+        create_encoder(hf_spec("clip", ckpt["clip"], mean=None))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.tiny_clip\.patch: spec says 16 but the model's is 8"):
+        create_encoder(hf_spec("clip", ckpt["clip"], patch=16))
+
+
+# ---- registry ---------------------------------------------------------------------------------------------
+
+
+def test_registering_twice_raises() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_encoder("hf")(lambda spec: None)
+    with pytest.raises(ValueError, match="already registered"):
+        register_spec("clip_vit_l14.openai", named_spec("clip_vit_l14.openai"))
+    with pytest.raises(ValueError, match="looks like a path"):
+        register_spec("./weights", named_spec("clip_vit_l14.openai"))
+
+
+def test_list_encoders_pattern() -> None:
+    assert list_encoders("clip_vit_*") == ["clip_vit_l14.laion2b", "clip_vit_l14.openai", "clip_vit_l14_336.openai"]
+    assert list_encoders("no_such_*") == []
+
+
+# Tokens per image given to the LLM in the paper (settings.csv, tokens_to_llm).
+PAPER_TOKENS = {"clip_vit_l14_336.openai": 576, "clip_vit_l14.openai": 256, "clip_vit_l14.laion2b": 256,
+                "dinov2_vit_l14.lvd142m": 256, "siglip_vit_b16_224.webli": 196, "siglip_vit_l16_256.webli": 256,
+                "siglip2_vit_l16_256.webli": 256, "sd15_unet.runway": 576, "sd21_unet.stability": 576,
+                "sdim_unet.lambdalabs": 576, "sdxl_unet.stability": 1024, "dit_xl2_512.facebook": 256,
+                "sd3_medium_mmdit.stability": 256, "clip_l14_dinov2_l14.224": 256, "clip_l14_dinov2_l14.336": 576}
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_named_spec_contract(name: str) -> None:
+    spec = named_spec(name)
+    assert spec.kind in encoder_kinds()
+    assert EncoderSpec.from_dict(spec.to_dict()) == spec
+    rows, cols = spec.grid
+    assert rows * cols == PAPER_TOKENS[name]
+    if spec.kind != "concat":
+        assert spec.mean is not None and spec.std is not None
+
+
+def test_paper_settings_all_registered() -> None:
+    assert sorted(PAPER_TOKENS) == list_encoders()
+
+
+# ---- framing ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["pad", "stretch"])
+def test_keypoints_map_into_the_framed_square(mode: str) -> None:
+    image = Image.new("RGB", (80, 40), (0, 0, 0))
+    image.putpixel((60, 10), (255, 255, 255))
+    framed, frame = frame_image(image, 160, mode)  # upscale x2 (pad) so the pixel stays findable
+    ys, xs = np.nonzero(np.asarray(framed)[..., 0] > 100)
+    found = np.array([xs.mean(), ys.mean()])
+    expected = frame.to_frame([[60.5, 10.5]], 160)[0]  # pixel centre
+    np.testing.assert_allclose(found, expected, atol=1.0)
+    np.testing.assert_allclose(frame.from_frame(frame.to_frame([[3.0, 7.0]], 840), 840), [[3.0, 7.0]])
+    if mode == "pad":
+        assert frame.offset == (0, 20)
+        assert np.asarray(framed)[:30].max() == 0  # zero padding above the image

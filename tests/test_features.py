@@ -1,0 +1,164 @@
+"""The HDF5 feature cache: layout, recorded protocol, atomic writes, and refusal of other protocols."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.tiny_checkpoints import build_all, hf_spec
+from vislaw.encoders import EncoderSpec, create_encoder, load_framed
+from vislaw.features import (
+    CacheMismatchError,
+    extract_to_h5,
+    extraction_protocol,
+    open_cache,
+    protocol_hash,
+    read_features,
+)
+
+SIZES = [(40, 30), (30, 40), (32, 32), (50, 20), (20, 50), (33, 31)]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_all(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(SIZES):
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def cache(ckpt: dict[str, Path], image_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("features") / "tiny_clip" / "world.h5"
+    extract_to_h5(hf_spec("clip", ckpt["clip"]), image_paths, out, dataset_fingerprint="fp1", batch_size=4,
+                  device="cpu")
+    return out
+
+
+def test_layout_and_values(cache: Path, ckpt: dict[str, Path], image_paths: list[Path]) -> None:
+    spec = hf_spec("clip", ckpt["clip"])
+    with h5py.File(cache, "r") as h5:
+        tokens = h5["tokens"]
+        assert tokens.dtype == np.float16 and tokens.shape == (6, 16, 32) and tokens.chunks == (1, 16, 32)
+        assert [s.decode() for s in h5["image_ids"][()]] == [f"img{i}" for i in range(6)]
+        attrs = dict(h5.attrs)
+        stored = tokens[()]
+    protocol = json.loads(attrs["protocol"])
+    assert protocol["grid"] == [4, 4] and protocol["layer"] == -2 and protocol["image_size"] == 32
+    assert protocol["dtype"] == "float16" and protocol["preprocessing"]["frame"] == "pad"
+    assert protocol["dataset_fingerprint"] == "fp1" == attrs["dataset_fingerprint"]
+    assert attrs["protocol_hash"] == protocol_hash(protocol)
+    assert json.loads(attrs["spec"])["name"] == "tiny_clip"
+    assert {"vislaw", "torch", "transformers", "timm"} <= set(json.loads(attrs["library_versions"]))
+    with torch.inference_mode():
+        expected = create_encoder(spec).tokens(load_framed(image_paths, 32))[-2].numpy()
+    np.testing.assert_allclose(stored.astype(np.float32), expected, atol=2e-3, rtol=2e-3)
+
+
+def test_reader_returns_requested_ids(cache: Path, ckpt: dict[str, Path]) -> None:
+    expect = extraction_protocol(hf_spec("clip", ckpt["clip"]), "fp1")
+    with open_cache(cache, expect) as features:
+        everything = features.read([f"img{i}" for i in range(6)])
+        assert features.grid == (4, 4)
+    picked = read_features(cache, ["img3", "img0", "img3"], expect)
+    np.testing.assert_array_equal(picked, everything[[3, 0, 3]])
+    with pytest.raises(KeyError, match="img9"):
+        read_features(cache, ["img9"], expect)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"image_size": 48}, "image_size"),
+        ({"layer": -1}, "layer"),
+        ({"frame": "stretch"}, "preprocessing.frame"),
+        ({"mean": (0.5, 0.5, 0.5)}, "spec.mean"),
+    ],
+)
+def test_other_protocol_is_rejected(cache: Path, ckpt: dict[str, Path], change: dict, field: str) -> None:
+    expect = extraction_protocol(dataclasses.replace(hf_spec("clip", ckpt["clip"]), **change), "fp1")
+    with pytest.raises(CacheMismatchError, match=rf"another protocol \(.*{field}: file has"):
+        read_features(cache, ["img0"], expect)
+
+
+def test_other_dataset_or_non_cache_is_rejected(cache: Path, ckpt: dict[str, Path], tmp_path: Path) -> None:
+    spec = hf_spec("clip", ckpt["clip"])
+    with pytest.raises(CacheMismatchError, match="dataset_fingerprint: file has 'fp1', expected 'fp2'"):
+        read_features(cache, ["img0"], extraction_protocol(spec, "fp2"))
+    alien = tmp_path / "alien.h5"
+    with h5py.File(alien, "w") as h5:
+        h5["tokens"] = np.zeros((1, 16, 32))
+    with pytest.raises(CacheMismatchError, match="not a vislaw feature cache"):
+        read_features(alien, ["img0"], extraction_protocol(spec, "fp1"))
+
+
+def test_renaming_the_config_key_keeps_the_protocol(ckpt: dict[str, Path]) -> None:
+    spec = hf_spec("clip", ckpt["clip"])
+    assert extraction_protocol(spec, "x") == extraction_protocol(dataclasses.replace(spec, name="other"), "x")
+
+
+def test_failed_extraction_leaves_no_file(ckpt: dict[str, Path], image_paths: list[Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out" / "world.h5"
+    # The broken image is in the second batch: the first batch has already been written to the temp file.
+    with pytest.raises(Exception, match="broken.png|cannot identify"):
+        extract_to_h5(hf_spec("clip", ckpt["clip"]), [*image_paths[:4], broken], out, batch_size=4)
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_spec_as_dict_and_default_ids(ckpt: dict[str, Path], image_paths: list[Path], tmp_path: Path) -> None:
+    """The route a Snakemake script takes: spec as a plain dict, ids from stems, fingerprint from bytes."""
+    spec = hf_spec("siglip", ckpt["siglip"])
+    out = tmp_path / "s.h5"
+    protocol = extract_to_h5(spec.to_dict(), image_paths[:3], out)
+    again = extract_to_h5(spec, image_paths[:3], tmp_path / "s2.h5")
+    assert protocol == again and len(protocol["dataset_fingerprint"]) == 64
+    with open_cache(out, protocol) as a, open_cache(tmp_path / "s2.h5", again) as b:
+        assert a.image_ids == ["img0", "img1", "img2"]
+        np.testing.assert_array_equal(a.read(a.image_ids), b.read(b.image_ids))
+
+
+def test_concat_cache_records_resampling(ckpt: dict[str, Path], image_paths: list[Path], tmp_path: Path) -> None:
+    parts = (hf_spec("clip", ckpt["clip"], name="clip"), hf_spec("dinov2", ckpt["dinov2"], image_size=48, name="dino"))
+    spec = EncoderSpec(kind="concat", image_size=32, parts=parts, name="c_d")
+    protocol = extract_to_h5(spec, image_paths[:2], tmp_path / "c.h5", dataset_fingerprint="fp")
+    assert protocol["grid_resampling"] == [{"part": 1, "from": [6, 6], "to": [4, 4], "mode": "bilinear"}]
+    tokens = read_features(tmp_path / "c.h5", ["img0", "img1"], protocol).astype(np.float32)
+    assert tokens.shape == (2, 16, 64)
+    np.testing.assert_allclose(np.linalg.norm(tokens, axis=-1), 1.0, atol=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_autocast_extraction_matches_cpu(cache: Path, ckpt: dict[str, Path], image_paths: list[Path],
+                                             tmp_path: Path) -> None:
+    protocol = extract_to_h5(hf_spec("clip", ckpt["clip"]), image_paths, tmp_path / "gpu.h5",
+                             dataset_fingerprint="fp1", batch_size=4, device="cuda")
+    with h5py.File(tmp_path / "gpu.h5", "r") as h5:
+        assert json.loads(h5.attrs["compute"])["device"] == "cuda"
+    ids = [f"img{i}" for i in range(6)]
+    gpu = read_features(tmp_path / "gpu.h5", ids, protocol).astype(np.float32)
+    cpu = read_features(cache, ids, protocol).astype(np.float32)  # same protocol: device is not part of it
+    np.testing.assert_allclose(gpu, cpu, atol=0.1, rtol=0.05)  # bf16 autocast
