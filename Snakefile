@@ -1,5 +1,6 @@
 # vislaw: the Law of Vision Representation in MLLMs as a workflow.
-# DAG of this release: measurements table -> AC law fit + AC policy simulation -> plots -> summary.
+# DAG of this release: the mini-world (when configured); measurements table -> AC law fit + AC policy
+# simulation -> plots -> summary.
 
 
 from snakemake.utils import min_version, validate
@@ -18,6 +19,7 @@ validate(config, "schemas/config.schema.json")
 
 
 include: "rules/common.smk"
+include: "rules/data.smk"
 include: "rules/law.smk"
 include: "rules/policy.smk"
 include: "rules/report.smk"

@@ -32,7 +32,8 @@ MEASUREMENTS = check_measurements()
 
 
 def all_targets():
-    return [
+    world = [f"{OUT}/data"] if "world" in config else []
+    return world + [
         f"{OUT}/summary.md",
         f"{OUT}/plots/law_fit.png",
         f"{OUT}/plots/law_surface.png",

@@ -49,8 +49,11 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200
 
 
 def planned_rules(workdir: Path, *args: str) -> dict[str, int]:
-    """Rules a dry run would execute, with job counts (from the 'Job stats' table), ``all`` excluded."""
-    proc = snakemake(workdir, "-n", "--quiet", "rules", *args)
+    """Rules a dry run would execute, with job counts (from the 'Job stats' table), ``all`` excluded.
+
+    Targets go first in ``args``: ``--configfile`` takes every value after it.
+    """
+    proc = snakemake(workdir, "-n", *args, "--quiet", "rules")
     text = proc.stdout + proc.stderr
     counts: dict[str, int] = {}
     if "Job stats:" not in text:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -129,9 +130,31 @@ def test_config_typos_fail_validation(v3_run: Path) -> None:
     assert "trails" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("preset", ["presets/paper-v1.yaml", None])
-def test_other_configs_plan_the_whole_dag(tmp_path: Path, preset: str | None) -> None:
+LAW_AND_POLICY = {"fit_law": 1, "simulate_policy": 1, "plot_law": 1, "plot_r2": 1, "plot_policy": 1, "summary": 1}
+
+
+@pytest.mark.parametrize(
+    ("preset", "extra"),
+    [("presets/paper-v1.yaml", {}), (None, {"make_world": 1}), ("presets/smoke.yaml", {"make_world": 1})],
+)
+def test_other_configs_plan_the_whole_dag(tmp_path: Path, preset: str | None, extra: dict) -> None:
     workdir = copy_workflow(tmp_path)
     args = ["--configfile", preset] if preset else []
-    assert planned_rules(workdir, *args) == {"fit_law": 1, "simulate_policy": 1, "plot_law": 1, "plot_r2": 1,
-                                             "plot_policy": 1, "summary": 1}
+    assert planned_rules(workdir, *args) == {**LAW_AND_POLICY, **extra}
+
+
+def test_smoke_world_rule_writes_the_world_and_reruns_only_on_world_changes(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path)
+    smoke = "presets/smoke.yaml"
+    snakemake(workdir, "results/smoke/data", "--configfile", smoke)
+    data = workdir / "results/smoke/data"
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["params"]["image_size"] == 64 and manifest["counts"]["caption_train"] == 64
+    assert (data / "spair/PairAnnotation/test").is_dir() and (data / "pairs_grid.png").is_file()
+    seconds = float((workdir / "results/smoke/benchmarks/make_world.tsv").read_text().splitlines()[1].split()[0])
+    assert seconds > 0
+    assert "make_world" not in planned_rules(workdir, "--configfile", smoke)
+    config = yaml.safe_load((workdir / smoke).read_text())
+    config["world"]["seed"] = 1
+    (workdir / "presets/seed1.yaml").write_text(yaml.safe_dump(config))
+    assert planned_rules(workdir, "results/smoke/data", "--configfile", "presets/seed1.yaml") == {"make_world": 1}
