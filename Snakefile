@@ -20,6 +20,10 @@ validate(config, "schemas/config.schema.json")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/features.smk"
+include: "rules/stage1.smk"
+include: "rules/stage2.smk"
+include: "rules/scores.smk"
 include: "rules/law.smk"
 include: "rules/policy.smk"
 include: "rules/report.smk"

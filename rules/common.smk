@@ -1,6 +1,10 @@
 # Config, checks that fail `snakemake -n` early, and paths shared by the rules.
+import json
 import re
 
+from vislaw.data.datasets import DATASETS
+from vislaw.data.text import SKILLS
+from vislaw.encoders import EncoderConfigError, check_spec, spec_from_config
 from vislaw.law import min_points
 from vislaw.measurements import (
     MeasurementsError,
@@ -12,10 +16,113 @@ from vislaw.provenance import code_hash
 OUT = f"results/{config['name']}"
 BENCHMARKS = list(config["benchmarks"])
 GROUPS = {name: entry["group"] for name, entry in config["benchmarks"].items()}
+ENCODERS = list(config.get("encoders", {}))
+# Measuring (encoders configured): A, C, the policy's trainings and evaluations make the measurements
+# table. Otherwise the table is given (config key 'measurements', e.g. the paper presets).
+MEASURING = bool(ENCODERS)
+# The law and its Monte-Carlo evaluation need every setting scored: with a training budget the policy's
+# own fit on what it trained is the law it reports (policy/rounds.csv).
+FIT_LAW = not MEASURING or config["policy"]["train_all"]
+MEASUREMENTS_CSV = (
+    f"{OUT}/measurements.csv" if MEASURING else config.get("measurements")
+)
+
+
+wildcard_constraints:
+    encoder="|".join(map(re.escape, ENCODERS)) or "(?!)",
+    dataset="|".join(DATASETS),
+    benchmark="|".join(map(re.escape, BENCHMARKS)),
+    round=r"\d+",
+
+
+def encoder_spec(name):
+    return spec_from_config(name, config["encoders"])
+
+
+def check_encoders():
+    """Build every encoder's spec at parse time: a bad entry fails the dry run, naming its config key."""
+    if not MEASURING:
+        if "measurements" not in config:
+            raise WorkflowError(
+                "config key 'measurements': required unless 'encoders' are measured"
+            )
+        return
+    if "measurements" in config:
+        raise WorkflowError(
+            "config keys 'measurements' and 'encoders': give one; measured encoders make the table"
+        )
+    if "world" not in config:
+        raise WorkflowError(
+            "config key 'encoders': measuring needs a data source; add a 'world' block"
+        )
+    if not config["evaluation"]["command"]:
+        unknown = [b for b in BENCHMARKS if b not in SKILLS]
+        if unknown:
+            raise WorkflowError(
+                f"config key 'benchmarks': {unknown} are not built-in mini-world benchmarks "
+                f"{list(SKILLS)}; set 'evaluation.command' for external ones"
+            )
+    for name in ENCODERS:
+        try:
+            check_spec(encoder_spec(name))
+        except EncoderConfigError as err:
+            raise WorkflowError(f"config key {err}") from None
+    if config["a_score"]["method"] == "cosine_to_reference":
+        references = config["a_score"]["references"]
+        if not references:
+            raise WorkflowError(
+                "config key 'a_score.references': cosine_to_reference needs reference encoders"
+            )
+        unknown = [r for r in references if r not in ENCODERS]
+        if unknown:
+            raise WorkflowError(
+                f"config key 'a_score.references': {unknown} are not keys of 'encoders'"
+            )
+
+
+check_encoders()
+
+
+# The MLLM's language model: a user's local checkpoint, or the tiny LM trained on the world's corpus.
+LLM = config["llm"]["weights"] or f"{OUT}/llm"
+
+
+def a_score_references(wildcards):
+    """cosine_to_reference: name -> spec, stage-1 projector and probe features of each reference."""
+    if config["a_score"]["method"] != "cosine_to_reference":
+        return {}
+    return {
+        name: {
+            "spec": encoder_spec(name).to_dict(),
+            "projector": f"{OUT}/projectors/{name}.pt",
+            "features": f"{OUT}/features/{name}/caption_probe.h5",
+        }
+        for name in config["a_score"]["references"]
+    }
+
+
+def a_score_inputs(wildcards):
+    inputs = {
+        "data": f"{OUT}/data",
+        "llm": LLM,
+        "projector": f"{OUT}/projectors/{wildcards.encoder}.pt",
+        "features": f"{OUT}/features/{wildcards.encoder}/caption_probe.h5",
+    }
+    for name, ref in a_score_references(wildcards).items():
+        inputs[f"ref_projector_{name}"] = ref["projector"]
+        inputs[f"ref_features_{name}"] = ref["features"]
+    return inputs
+
+
+def spec_param(wildcards):
+    """The encoder's spec as a plain dict: a change to one entry reruns only that encoder's jobs."""
+    return encoder_spec(wildcards.encoder).to_dict()
 
 
 def check_measurements():
     """Read the measurements table at parse time: a bad table fails the dry run, naming file and line."""
+    if MEASURING:
+        return None  # made by the workflow, checked when read
     try:
         table = load_measurements(config["measurements"], BENCHMARKS)
         check_enough_scored(
@@ -31,12 +138,70 @@ def check_measurements():
 MEASUREMENTS = check_measurements()
 
 
+def trained_before(round_number):
+    """Settings picked by the policy's rounds before ``round_number`` (each round a checkpoint)."""
+    picks = []
+    for r in range(1, round_number):
+        with open(checkpoints.policy_round.get(round=r).output[0]) as handle:
+            picks += json.load(handle)["picks"]
+    return picks
+
+
+def round_files():
+    """The policy's round files up to the first that says it is the last."""
+    files, r = [], 1
+    while True:
+        path = checkpoints.policy_round.get(round=r).output[0]
+        files.append(path)
+        with open(path) as handle:
+            if json.load(handle)["done"]:
+                return files
+        r += 1
+
+
+def trained_settings():
+    return trained_before(len(round_files()) + 1)
+
+
+def eval_files(settings):
+    """{setting: {benchmark: evaluation JSON}}"""
+    return {s: {b: f"{OUT}/eval/{s}/{b}.json" for b in BENCHMARKS} for s in settings}
+
+
+def flat_eval_files(settings):
+    return [path for per in eval_files(settings).values() for path in per.values()]
+
+
+LAW_PLOTS = [
+    f"{OUT}/plots/law_fit.png",
+    f"{OUT}/plots/law_surface.png",
+    f"{OUT}/plots/r2_comparison.png",
+    f"{OUT}/plots/policy_recall.png",
+]
+
+
+def summary_inputs(wildcards):
+    inputs = {}
+    if FIT_LAW:
+        inputs.update(
+            r2=f"{OUT}/law/r2.csv",
+            summary=f"{OUT}/law/summary.csv",
+            coefficients=f"{OUT}/law/coefficients.csv",
+            predictions=f"{OUT}/law/predictions.csv",
+            simulation=f"{OUT}/policy/simulation.csv",
+            plots=LAW_PLOTS,
+        )
+    if MEASURING:
+        inputs.update(
+            ac=f"{OUT}/scores/ac.csv",
+            measurements=MEASUREMENTS_CSV,
+            policy=f"{OUT}/policy/recommendation.json",
+        )
+    return inputs
+
+
 def all_targets():
     world = [f"{OUT}/data"] if "world" in config else []
-    return world + [
-        f"{OUT}/summary.md",
-        f"{OUT}/plots/law_fit.png",
-        f"{OUT}/plots/law_surface.png",
-        f"{OUT}/plots/r2_comparison.png",
-        f"{OUT}/plots/policy_recall.png",
-    ]
+    measured = [f"{OUT}/scores/ac.csv", f"{OUT}/policy/rounds.csv"] if MEASURING else []
+    law = LAW_PLOTS if FIT_LAW else []
+    return world + measured + law + [f"{OUT}/summary.md"]

@@ -1,6 +1,6 @@
 rule fit_law:
     input:
-        measurements=config["measurements"],
+        measurements=MEASUREMENTS_CSV,
     output:
         r2=f"{OUT}/law/r2.csv",
         summary=f"{OUT}/law/summary.csv",

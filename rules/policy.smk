@@ -1,6 +1,6 @@
 rule simulate_policy:
     input:
-        measurements=config["measurements"],
+        measurements=MEASUREMENTS_CSV,
     output:
         simulation=f"{OUT}/policy/simulation.csv",
     log:

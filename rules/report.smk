@@ -1,6 +1,6 @@
 rule plot_law:
     input:
-        measurements=config["measurements"],
+        measurements=MEASUREMENTS_CSV,
         r2=rules.fit_law.output.r2,
         coefficients=rules.fit_law.output.coefficients,
         predictions=rules.fit_law.output.predictions,
@@ -82,17 +82,7 @@ rule plot_policy:
 
 rule summary:
     input:
-        r2=rules.fit_law.output.r2,
-        summary=rules.fit_law.output.summary,
-        coefficients=rules.fit_law.output.coefficients,
-        predictions=rules.fit_law.output.predictions,
-        simulation=rules.simulate_policy.output.simulation,
-        plots=[
-            rules.plot_law.output.fit,
-            rules.plot_law.output.surface,
-            rules.plot_r2.output[0],
-            rules.plot_policy.output[0],
-        ],
+        unpack(summary_inputs),
     output:
         report(f"{OUT}/summary.md", caption="../report/summary.rst", category="Summary"),
     log:
@@ -105,7 +95,7 @@ rule summary:
         runtime=10,
     params:
         name=config["name"],
-        measurements=config["measurements"],
+        measurements=MEASUREMENTS_CSV,
         groups=GROUPS,
         predict_with=config["law"]["predict_with"],
         code=code_hash("report"),

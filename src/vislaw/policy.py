@@ -151,3 +151,113 @@ def simulate_measurements(measurements: Measurements, trials: int, seed: int, ma
         frame["trials"] = trials
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Live use in the workflow: rounds of picks, each after the previous picks' measured scores have arrived.
+
+
+@dataclass(frozen=True)
+class PolicyRound:
+    """One round of the live policy: what was known, what it predicts, and which candidates to train now."""
+
+    round: int
+    trained: tuple[str, ...]  # before this round's picks
+    predictions: dict[str, float]  # setting -> predicted target (normalised); empty before two trainings
+    picks: tuple[str, ...]
+    done: bool  # no round follows this one
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"round": self.round, "trained": list(self.trained), "predictions": self.predictions,
+                "picks": list(self.picks), "done": self.done, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicyRound:
+        return cls(round=int(data["round"]), trained=tuple(data["trained"]), predictions=dict(data["predictions"]),
+                   picks=tuple(data["picks"]), done=bool(data["done"]), reason=str(data["reason"]))
+
+
+@dataclass(frozen=True)
+class LivePolicy:
+    """Settings of the live policy (config key ``policy``)."""
+
+    budget: int  # most full trainings in all
+    initial: int  # trainings sampled from the refining grids before the first fit
+    per_round: int  # most trainings per later round
+    top_k: int  # train every candidate the fit predicts in its top k
+    seed: int
+    train_all: bool  # train every candidate (to measure the law itself) in one round
+
+
+def target_scores(scores: dict[str, dict[str, float]], trained: Sequence[str]) -> dict[str, float]:
+    """The policy's one target per trained setting: the mean over benchmarks of each benchmark's score
+    min-max normalised over the trained settings (so no benchmark's scale dominates)."""
+    out = {s: 0.0 for s in trained}
+    for per_setting in scores.values():
+        values = np.array([per_setting[s] for s in trained], dtype=float)
+        span = np.ptp(values)
+        normalised = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+        for s, v in zip(trained, normalised):
+            out[s] += float(v) / len(scores)
+    return out
+
+
+def next_round(
+    settings: Sequence[str],
+    points: np.ndarray,
+    targets: dict[str, float],
+    round_number: int,
+    policy: LivePolicy,
+) -> PolicyRound:
+    """The policy's next round given the targets of the settings trained so far (``targets``)."""
+    trained = tuple(s for s in settings if s in targets)
+    n = len(settings)
+    budget = min(policy.budget, n)
+    if policy.train_all:
+        picks = tuple(s for s in settings if s not in targets)
+        return PolicyRound(round_number, trained, {}, picks, True, "train_all: every candidate is trained")
+    if not trained:
+        order = grid_sampling_order(points, np.random.default_rng([policy.seed, 0]))
+        picks = tuple(settings[i] for i in order[: min(policy.initial, budget)])
+        done = len(picks) >= budget
+        return PolicyRound(round_number, trained, {}, picks, done,
+                           "grid sampling over normalised (A, C)" + ("; budget reached" if done else ""))
+    index = {s: i for i, s in enumerate(settings)}
+    y = np.full(n, np.nan)
+    for s in trained:
+        y[index[s]] = targets[s]
+    trained_index = [index[s] for s in trained]
+    if len(trained) >= 2:
+        predicted = predict_from_trained(points, np.nan_to_num(y), trained_index)
+    else:
+        predicted = np.nan_to_num(y)  # one point: nothing to fit; it is its own prediction
+    predictions = {s: float(predicted[index[s]]) for s in settings}
+    ranking = [settings[i] for i in top_k(predicted, policy.top_k)]
+    room = budget - len(trained)
+    picks = tuple(s for s in ranking if s not in targets)[: max(0, min(policy.per_round, room))]
+    if not picks:
+        reason = ("the predicted top-%d is trained" % policy.top_k) if room > 0 else "budget reached"
+        return PolicyRound(round_number, trained, predictions, (), True, reason)
+    done = len(trained) + len(picks) >= budget
+    return PolicyRound(round_number, trained, predictions, picks, done,
+                       "predicted top-%d not yet trained" % policy.top_k + ("; budget reached" if done else ""))
+
+
+def replay(settings: Sequence[str], points: np.ndarray, scores: dict[str, dict[str, float]],
+           policy: LivePolicy) -> list[PolicyRound]:
+    """The rounds the live policy would have run, given every setting's measured scores (a shadow run,
+    for reporting what the policy recommends when everything was trained anyway)."""
+    rounds: list[PolicyRound] = []
+    trained: list[str] = []
+    while True:
+        current = next_round(settings, points, target_scores(scores, trained) if trained else {},
+                             len(rounds) + 1, policy)
+        rounds.append(current)
+        trained += list(current.picks)
+        if current.done:
+            if current.picks:  # the last picks were trained: the final fit sees them too
+                final = target_scores(scores, trained)
+                rounds.append(next_round(settings, points, final, len(rounds) + 1,
+                                         LivePolicy(**{**policy.__dict__, "budget": len(trained)})))
+            return rounds

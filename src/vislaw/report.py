@@ -30,50 +30,98 @@ def build_summary(
     name: str,
     measurements_path: str,
     groups: Mapping[str, str],
-    r2: pd.DataFrame,
-    summary: pd.DataFrame,
-    coefficients: pd.DataFrame,
-    predictions: pd.DataFrame,
-    simulation: pd.DataFrame,
     predict_with: str,
-    plots: Mapping[str, str],
     summary_dir: str | Path,
+    law: Mapping[str, pd.DataFrame] | None = None,
+    simulation: pd.DataFrame | None = None,
+    plots: Mapping[str, str] | None = None,
+    ac: pd.DataFrame | None = None,
+    measurements: pd.DataFrame | None = None,
+    policy: Mapping | None = None,
     budgets_shown: Sequence[int] = (1, 2, 3, 4, 5, 6),
 ) -> str:
-    """The markdown text of ``results/<name>/summary.md`` (plot links relative to ``summary_dir``)."""
+    """The markdown text of ``results/<name>/summary.md`` (plot links relative to ``summary_dir``).
+
+    ``law`` holds the fit's tables (``r2``, ``summary``, ``coefficients``, ``predictions``); ``ac``,
+    ``measurements`` and ``policy`` (the recommendation record) are there when the run measured encoders.
+    """
     lines = [f"# vislaw run `{name}`", ""]
-    settings = list(dict.fromkeys(predictions["setting"]))
-    lines += [
-        f"Measurements: `{measurements_path}`: {len(settings)} settings, {len(groups)} benchmarks "
-        f"({', '.join(f'{b} ({g})' for b, g in groups.items())}).",
-        "",
-        "## The AC law",
-        "",
-        "Mean in-sample R^2 and leave-one-setting-out Q^2 by feature set and benchmark group:",
-        "",
-    ]
+    lines += [f"Benchmarks: {', '.join(f'{b} ({g})' for b, g in groups.items())}. Measurements: "
+              f"`{measurements_path}`.", ""]
+    if ac is not None:
+        lines += _measured_section(ac, measurements, groups, policy)
+    if law is not None:
+        lines += _law_section(law, groups, predict_with)
+    if simulation is not None:
+        lines += _simulation_section(simulation, budgets_shown)
+    if plots:
+        lines += ["## Plots", ""]
+        for title, path in plots.items():
+            lines.append(f"- [{title}]({Path(os.path.relpath(path, summary_dir)).as_posix()})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _measured_section(ac: pd.DataFrame, measurements: pd.DataFrame | None, groups: Mapping[str, str],
+                      policy: Mapping | None) -> list[str]:
+    lines = ["## Measured A and C scores", ""]
+    columns = [c for c in ("setting", "A", "C", "C_pck@0.05", "resolution", "grid") if c in ac.columns]
+    lines += [markdown_table(ac[columns]), ""]
+    if measurements is not None:
+        scored = measurements[["setting", *groups]].copy()
+        scored["mean"] = scored[list(groups)].mean(axis=1)
+        lines += ["Benchmark scores of the trained settings (blank: not trained):", "",
+                  markdown_table(scored, digits=1), ""]
+    if policy is not None:
+        lines += ["## The AC policy's recommendation", ""]
+        mode = "train_all" if policy["train_all"] else f"budget {policy['budget']}"
+        lines += [
+            f"- trainings spent: {policy['trainings']} of {policy['candidates']} candidates ({mode})",
+            f"- recommended (best mean normalised score among the trained): **{policy['recommended']}**",
+            f"- predicted top-{len(policy['predicted_top_k'])} by the AC fit on all trained: "
+            f"{', '.join(policy['predicted_top_k'])}",
+        ]
+        shadow = policy.get("shadow")
+        if shadow:
+            verdict = "yes" if shadow["true_best_in_top_k"] else "no"
+            lines += [
+                f"- replay of the live policy with budget {policy['budget']} on the measured scores: "
+                f"{shadow['trainings']} trainings, predicted top-{len(shadow['predicted_top_k'])} "
+                f"{', '.join(shadow['predicted_top_k'])}; recommends **{shadow['recommended']}**",
+                f"- truly best setting (all trained): **{shadow['true_best']}**; in the replay's predicted "
+                f"top-{len(shadow['predicted_top_k'])}: **{verdict}**",
+            ]
+        lines.append("")
+    return lines
+
+
+def _law_section(law: Mapping[str, pd.DataFrame], groups: Mapping[str, str], predict_with: str) -> list[str]:
+    summary, r2, coefficients, predictions = law["summary"], law["r2"], law["coefficients"], law["predictions"]
+    lines = ["## The AC law", "", "Mean in-sample R^2 and leave-one-setting-out Q^2 by feature set and "
+             "benchmark group:", ""]
     wide = summary.pivot(index="features", columns="group", values=["mean_r2", "mean_q2_loo"])
     group_order = [*dict.fromkeys(groups.values()), "all"]
     wide = wide.reindex(columns=[(s, g) for s in ("mean_r2", "mean_q2_loo") for g in group_order])
     wide.columns = [f"{stat.replace('mean_', '')} {group}" for stat, group in wide.columns]
     wide = wide.reindex(list(dict.fromkeys(summary["features"]))).reset_index()
     lines += [markdown_table(wide), ""]
-
     lines += [f"Per benchmark, `{predict_with}` (the law used for predictions):", ""]
     per = r2[r2["features"] == predict_with][["benchmark", "r2", "q2_loo", "spearman_loo"]].copy()
     alpha = coefficients[(coefficients["features"] == predict_with) & (coefficients["term"] == "AC")]
     if not alpha.empty:
         per = per.merge(alpha[["benchmark", "value"]].rename(columns={"value": "alpha_AC"}), on="benchmark")
     lines += [markdown_table(per, digits=4), ""]
-
     candidates = predictions[predictions["measured"].isna()]
     if not candidates.empty:
         lines += ["## Predicted scores of candidates (no measured scores)", ""]
         table = candidates.pivot(index="setting", columns="benchmark", values="predicted")
         table = table.reindex(columns=list(groups)).reset_index()
         lines += [markdown_table(table, digits=2), ""]
+    return lines
 
-    lines += ["## The AC policy (Monte-Carlo)", ""]
+
+def _simulation_section(simulation: pd.DataFrame, budgets_shown: Sequence[int]) -> list[str]:
+    lines = ["## The AC policy (Monte-Carlo)", ""]
     trials = int(simulation["trials"].iloc[0])
     shown = [b for b in budgets_shown if b in set(simulation["budget"])]
     lines += [
@@ -92,12 +140,7 @@ def build_summary(
     rows.append(["**mean**"] + [f"{mean.loc[b, 'recall_at_3']:.3f} ({mean.loc[b, 'random_recall_at_3']:.3f})"
                                 for b in shown])
     lines += [markdown_table(pd.DataFrame(rows, columns=["benchmark", *[f"budget {b}" for b in shown]])), ""]
-
-    lines += ["## Plots", ""]
-    for title, path in plots.items():
-        lines.append(f"- [{title}]({Path(os.path.relpath(path, summary_dir)).as_posix()})")
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def write_summary(path: str | Path, text: str) -> None:

@@ -254,3 +254,85 @@ def score_options(
         out.append(values[position : position + len(opts)])
         position += len(opts)
     return out
+
+
+def save_projector(path: str, projector: Projector, record: dict) -> None:
+    """The projector's weights with what made them (``record``), written atomically."""
+    from vislaw.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
+                    "record": record}, tmp)
+
+
+def load_projector(path: str) -> tuple[Projector, dict]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    projector = Projector(blob["in_dim"], blob["out_dim"])
+    projector.load_state_dict(blob["state_dict"])
+    projector.eval()
+    return projector, blob["record"]
+
+
+def projector_from_llava(path: str, in_dim: int, out_dim: int) -> Projector:
+    """A projector from LLaVA's ``mm_projector.bin`` (keys ``model.mm_projector.{0,2}.{weight,bias}``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    prefix = "model.mm_projector."
+    mapped = {f"net.{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)}
+    expected = {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
+    if set(mapped) != expected:
+        raise ValueError(f"{path}: not an mlp2x_gelu projector: keys {sorted(state)}")
+    projector = Projector(in_dim, out_dim)
+    try:
+        projector.load_state_dict(mapped)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: projector shapes do not match encoder width {in_dim} -> LM width {out_dim}: "
+                         f"{err}") from None
+    projector.eval()
+    return projector
+
+
+@torch.inference_mode()
+def generate_answers(
+    llm: nn.Module,
+    projector: Projector,
+    tokenizer: PreTrainedTokenizerFast,
+    features: torch.Tensor,
+    prompts: Sequence[str],
+    max_new_tokens: int = 4,
+) -> list[str]:
+    """Greedy answers after ``<s> [visual] prompt``, stopped at ``</s>``; one forward pass per new token
+    over the whole (short) sequence, which is simple and fast enough for the mini-world's tiny LM."""
+    answers = []
+    for row, prompt in enumerate(prompts):
+        ids, _ = tokenize_parts(tokenizer, [TextPart(prompt, False)], end_with_eos=False)
+        generated: list[int] = []
+        for _ in range(max_new_tokens):
+            embeds, _, _, attention = build_batch(llm, projector, features[row : row + 1], [(ids + generated, [False] * len(ids + generated))], tokenizer)
+            next_id = int(llm(inputs_embeds=embeds, attention_mask=attention).logits[0, -1].argmax())
+            if next_id == tokenizer.eos_token_id:
+                break
+            generated.append(next_id)
+        answers.append(tokenizer.decode(generated).strip())
+    return answers
+
+
+def save_mllm(out_dir: str, llm: nn.Module, tokenizer: PreTrainedTokenizerFast, projector: Projector,
+              record: dict) -> None:
+    """A trained MLLM (LM folder + projector) written atomically."""
+    from vislaw.io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        llm.save_pretrained(tmp / "llm")
+        tokenizer.save_pretrained(tmp / "llm")
+        torch.save({"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
+                    "record": record}, tmp / "projector.pt")
+
+
+def load_mllm(path: str) -> tuple[nn.Module, PreTrainedTokenizerFast, Projector]:
+    from pathlib import Path
+
+    from vislaw.llm import load_llm
+
+    llm, tokenizer = load_llm(Path(path) / "llm", key=f"MLLM folder {path}")
+    projector, _ = load_projector(str(Path(path) / "projector.pt"))
+    return llm, tokenizer, projector

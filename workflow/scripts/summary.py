@@ -1,5 +1,6 @@
 """Adapter of rule summary: results/<name>/summary.md with the run's tables and plots."""
 
+import json
 import os
 import sys
 
@@ -10,18 +11,19 @@ import pandas as pd  # noqa: E402
 from vislaw.report import build_summary, write_summary  # noqa: E402
 
 inp, params, out = snakemake.input, snakemake.params, snakemake.output  # noqa: F821
+has = set(inp.keys())
 titles = ["measured vs predicted", "fitted AC surfaces", "R^2 and Q^2 by feature set", "AC policy recall"]
 text = build_summary(
     name=params.name,
     measurements_path=params.measurements,
     groups=params.groups,
-    r2=pd.read_csv(inp.r2),
-    summary=pd.read_csv(inp.summary),
-    coefficients=pd.read_csv(inp.coefficients),
-    predictions=pd.read_csv(inp.predictions),
-    simulation=pd.read_csv(inp.simulation),
     predict_with=params.predict_with,
-    plots=dict(zip(titles, inp.plots)),
     summary_dir=os.path.dirname(out[0]),
+    law={k: pd.read_csv(inp[k]) for k in ("r2", "summary", "coefficients", "predictions")} if "r2" in has else None,
+    simulation=pd.read_csv(inp.simulation) if "simulation" in has else None,
+    plots=dict(zip(titles, inp.plots)) if "plots" in has else None,
+    ac=pd.read_csv(inp.ac) if "ac" in has else None,
+    measurements=pd.read_csv(inp.measurements) if "ac" in has else None,
+    policy=json.loads(open(inp.policy).read()) if "policy" in has else None,
 )
 write_summary(out[0], text)

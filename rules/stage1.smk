@@ -1,0 +1,47 @@
+rule pretrain_llm:
+    input:
+        data=f"{OUT}/data",
+    output:
+        directory(f"{OUT}/llm"),
+    log:
+        f"{OUT}/logs/pretrain_llm.log",
+    benchmark:
+        f"{OUT}/benchmarks/pretrain_llm.tsv"
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        settings=config["llm"]["pretrain"],
+        code=code_hash("llm", "jobs"),
+    script:
+        "../workflow/scripts/pretrain_llm.py"
+
+
+rule train_projector:
+    input:
+        data=f"{OUT}/data",
+        llm=LLM,
+        features=f"{OUT}/features/{{encoder}}/caption_train.h5",
+    output:
+        f"{OUT}/projectors/{{encoder}}.pt",
+    log:
+        f"{OUT}/logs/train_projector/{{encoder}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_projector/{{encoder}}.tsv"
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    params:
+        spec=spec_param,
+        settings=config["stage1"],
+        code=code_hash("train", "llm", "scores.alignment", "jobs"),
+    script:
+        "../workflow/scripts/train_projector.py"

@@ -1,0 +1,122 @@
+checkpoint policy_round:
+    # Round r of the AC policy: picks from the A/C table and the scores of the rounds before; the DAG
+    # grows with each round's picks (their train_mllm and evaluate jobs).
+    input:
+        ac=f"{OUT}/scores/ac.csv",
+        evals=lambda wc: flat_eval_files(trained_before(int(wc.round))),
+    output:
+        f"{OUT}/policy/round_{{round}}.json",
+    log:
+        f"{OUT}/logs/policy_round/{{round}}.log",
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        evals=lambda wc: eval_files(trained_before(int(wc.round))),
+        round=lambda wc: int(wc.round),
+        settings=config["policy"],
+        code=code_hash("policy", "jobs"),
+    script:
+        "../workflow/scripts/policy_round.py"
+
+
+rule train_mllm:
+    input:
+        data=f"{OUT}/data",
+        llm=LLM,
+        projector=f"{OUT}/projectors/{{encoder}}.pt",
+        features=f"{OUT}/features/{{encoder}}/caption_train.h5",
+    output:
+        directory(f"{OUT}/mllm/{{encoder}}"),
+    log:
+        f"{OUT}/logs/train_mllm/{{encoder}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_mllm/{{encoder}}.tsv"
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        spec=spec_param,
+        settings=config["stage2"],
+        code=code_hash("train", "llm", "scores.alignment", "jobs"),
+    script:
+        "../workflow/scripts/train_mllm.py"
+
+
+rule evaluate:
+    input:
+        data=f"{OUT}/data",
+        mllm=f"{OUT}/mllm/{{encoder}}",
+        features=f"{OUT}/features/{{encoder}}/qa_test.h5",
+    output:
+        f"{OUT}/eval/{{encoder}}/{{benchmark}}.json",
+    log:
+        f"{OUT}/logs/evaluate/{{encoder}}/{{benchmark}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{{encoder}}/{{benchmark}}.tsv"
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        spec=spec_param,
+        settings=config["evaluation"],
+        code=code_hash("train", "llm", "data", "jobs"),
+    script:
+        "../workflow/scripts/evaluate.py"
+
+
+rule measurements:
+    input:
+        ac=f"{OUT}/scores/ac.csv",
+        evals=lambda wc: flat_eval_files(trained_settings()),
+    output:
+        f"{OUT}/measurements.csv",
+    log:
+        f"{OUT}/logs/measurements.log",
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        evals=lambda wc: eval_files(trained_settings()),
+        benchmarks=BENCHMARKS,
+        code=code_hash("jobs"),
+    script:
+        "../workflow/scripts/measurements.py"
+
+
+rule policy_report:
+    input:
+        ac=f"{OUT}/scores/ac.csv",
+        rounds=lambda wc: round_files(),
+        evals=lambda wc: flat_eval_files(trained_settings()),
+    output:
+        rounds=f"{OUT}/policy/rounds.csv",
+        report=f"{OUT}/policy/recommendation.json",
+    log:
+        f"{OUT}/logs/policy_report.log",
+    conda:
+        "../envs/vislaw.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        evals=lambda wc: eval_files(trained_settings()),
+        settings=config["policy"],
+        code=code_hash("policy", "jobs"),
+    script:
+        "../workflow/scripts/policy_report.py"

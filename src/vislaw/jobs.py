@@ -1,0 +1,451 @@
+"""One function per workflow job: each composes the library's pieces and writes its outputs atomically.
+
+The Snakemake adapters in ``workflow/scripts/`` only unpack ``snakemake.input/params/output`` and call one
+of these, so every job can also be run (and tested) from Python.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vislaw
+from vislaw.data import spair
+from vislaw.data.datasets import image_set
+from vislaw.encoders.spec import EncoderSpec
+from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
+from vislaw.io import write_json
+from vislaw.scores.correspondence import CorrespondenceProtocol, score_spair
+
+
+def device_for_job() -> torch.device:
+    """CUDA when the job sees a GPU, else the CPU; said in the log either way."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    if device.type == "cuda":
+        print(f"device: cuda ({torch.cuda.get_device_name(0)}), CUDA_VISIBLE_DEVICES={visible}", file=sys.stderr)
+    else:
+        print(f"device: cpu (no GPU visible; CUDA_VISIBLE_DEVICES={visible})", file=sys.stderr)
+    return device
+
+
+def versions() -> dict[str, str]:
+    return {"vislaw": vislaw.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[str, str], batch_size: int) -> None:
+    """Rule extract_features: one encoder's caches, ``outputs`` mapping image-set name -> HDF5 path."""
+    from vislaw.encoders import create_encoder
+
+    device = device_for_job()
+    encoder = create_encoder(EncoderSpec.from_dict(spec))  # built once, reused for every image set
+    for dataset, out_h5 in outputs.items():
+        images = image_set(data_dir, dataset)
+        print(f"{dataset}: {len(images.ids)} images", file=sys.stderr)
+        extract_to_h5(dict(spec), images.paths, out_h5, image_ids=images.ids, batch_size=batch_size,
+                      device=device, encoder=encoder)
+
+
+def expected_protocol(spec: Mapping[str, Any], data_dir: str, dataset: str) -> dict[str, Any]:
+    """The extraction protocol a reader of (encoder, dataset) must find in the cache."""
+    images = image_set(data_dir, dataset)
+    return extraction_protocol(EncoderSpec.from_dict(spec), fingerprint_files(images.paths, images.ids))
+
+
+def c_score(spec: Mapping[str, Any], data_dir: str, features_h5: str, protocol: Mapping[str, Any],
+            out_json: str) -> None:
+    """Rule c_score: PCK on the SPair-format test pairs from the cached features."""
+    c_protocol = CorrespondenceProtocol(**{k: tuple(v) if k == "alphas" else v for k, v in protocol.items()})
+    pairs = spair.load_pairs(Path(data_dir) / "spair", "test")
+    with open_cache(features_h5, expected_protocol(spec, data_dir, "spair_test")) as cache:
+        features = cache.read(cache.image_ids)
+        extraction, grid, ids = cache.protocol, cache.grid, cache.image_ids
+    record = score_spair(features, ids, grid, pairs, c_protocol, device=device_for_job())
+    record["protocol"] = {
+        "c_score": {**asdict(c_protocol), "keypoint_frame": "pad", "split": "test",
+                    "averaging": "per-image PCK, mean per category, pairs-weighted over categories"},
+        "extraction": extraction,
+    }
+    record["versions"] = versions()
+    print(f"C = PCK@{c_protocol.alphas[0]:g} = {record['C']:.2f} over {record['n_pairs']} pairs", file=sys.stderr)
+    write_json(out_json, record)
+
+
+def ac_table(encoders: list[str], inputs: Mapping[str, list[str]], out_csv: str) -> None:
+    """Rule ac_table: ``setting,A,C`` plus the protocol columns, one row per encoder, in config order.
+
+    ``inputs`` holds the score JSONs per kind (``c``, and ``a`` once measured), aligned with ``encoders``.
+    """
+    import json
+
+    import pandas as pd
+
+    from vislaw.io import write_csv
+
+    rows = []
+    for i, encoder in enumerate(encoders):
+        c = json.loads(Path(inputs["c"][i]).read_text())
+        extraction = c["protocol"]["extraction"]
+        row: dict[str, Any] = {"setting": encoder}
+        if "a" in inputs:
+            a = json.loads(Path(inputs["a"][i]).read_text())
+            row["A"] = a["A"]
+            row["A_method"] = a["protocol"]["a_score"]["method"]
+        row["C"] = c["C"]
+        row["C_pck@0.05"] = c["pck"].get("0.05")
+        row["C_protocol"] = (
+            f"PCK@{c['protocol']['c_score']['alphas'][0]:g} bbox, window {c['protocol']['c_score']['window']}, "
+            f"T={c['protocol']['c_score']['temperature']:g}, frame {c['protocol']['c_score']['frame_size']:g}"
+        )
+        row["resolution"] = extraction["image_size"]
+        row["grid"] = "x".join(str(g) for g in extraction["grid"])
+        row["layer"] = extraction["layer"]
+        rows.append(row)
+    write_csv(out_csv, pd.DataFrame(rows))
+
+
+def pretrain_llm(data_dir: str, settings: Mapping[str, Any], out_dir: str) -> None:
+    """Rule pretrain_llm: tokenizer + tiny Llama on the world's corpus, saved as a Hugging Face folder."""
+    from vislaw.llm import PretrainConfig, TinyLlamaConfig
+    from vislaw.llm import pretrain_llm as train
+
+    model_keys = set(TinyLlamaConfig.__dataclass_fields__)
+    model = TinyLlamaConfig(**{k: v for k, v in settings.items() if k in model_keys})
+    schedule = PretrainConfig(**{k: v for k, v in settings.items() if k not in model_keys})
+    corpus = [line for line in (Path(data_dir) / "corpus.txt").read_text(encoding="utf-8").splitlines() if line]
+    losses = train(corpus, out_dir, model, schedule)
+    print(f"pretrain_llm: {len(corpus)} lines, loss {losses[0]:.3f} -> {losses[-1]:.3f}", file=sys.stderr)
+
+
+def _cached_tokens(spec: Mapping[str, Any], data_dir: str, dataset: str, features_h5: str,
+                   image_ids: list[str]) -> torch.Tensor:
+    from vislaw.features import read_features
+
+    return torch.from_numpy(read_features(features_h5, image_ids, expected_protocol(spec, data_dir, dataset)))
+
+
+def run_external(command: str, log_path: str | None = None) -> None:
+    """Run a user's command (a shell line); its output goes to this job's log, and failure fails the job."""
+    import subprocess
+
+    print(f"external command: {command}", file=sys.stderr)
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True)
+    sys.stderr.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"external command failed with exit status {proc.returncode}: {command}\n"
+                           f"{proc.stderr[-2000:]}")
+
+
+def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
+                    settings: Mapping[str, Any], out_pt: str) -> None:
+    """Rule train_projector: the stage-1 projector of one encoder (built in, or an external command)."""
+    import string
+    import tempfile
+
+    from vislaw.data.datasets import caption_records
+    from vislaw.llm import load_llm
+    from vislaw.train import TrainConfig, projector_from_llava, save_projector
+    from vislaw.train import train_projector as fit
+
+    llm, tokenizer = load_llm(llm_dir, key="llm.weights")
+    records = caption_records(data_dir, "train")
+    features = _cached_tokens(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records])
+    record: dict[str, Any] = {"encoder": dict(spec), "llm": llm_dir, "pairs": len(records), "versions": versions()}
+    command = settings.get("command")
+    if command:
+        # The official LLaVA pretraining script, or any command that writes an mm_projector.bin.
+        with tempfile.TemporaryDirectory(dir=Path(out_pt).parent) as work:
+            line = string.Template(command).substitute(
+                weights=spec.get("weights") or "", image_size=spec["image_size"], output_dir=work,
+                data_dir=data_dir, llm=llm_dir)
+            run_external(line)
+            produced = Path(work) / "mm_projector.bin"
+            if not produced.is_file():
+                raise FileNotFoundError(f"stage1.command: produced no {produced.name} in its output_dir")
+            projector = projector_from_llava(str(produced), features.shape[-1],
+                                             llm.get_input_embeddings().embedding_dim)
+        record.update({"mode": "external", "command": line, "loss": []})
+    else:
+        config = TrainConfig(**{k: v for k, v in settings.items() if k != "command"})
+        projector, losses = fit(llm, tokenizer, features, [r["caption"] for r in records], config)
+        record.update({"mode": "builtin", "config": asdict(config), "loss": losses})
+        print(f"stage 1: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
+    save_projector(out_pt, projector, record)
+
+
+def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: str, features_h5: str,
+            settings: Mapping[str, Any], out_json: str, references: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """Rule a_score: A of one encoder on the probe pairs, ``caption_loglik`` (v3) or ``cosine_to_reference``.
+
+    ``references`` (cosine only): reference name -> {"spec", "projector", "features"}.
+    """
+    from vislaw.data.datasets import caption_records
+    from vislaw.llm import load_llm
+    from vislaw.scores.alignment import cosine_to_reference
+    from vislaw.train import caption_loglik, load_projector
+
+    method = settings["method"]
+    records = caption_records(data_dir, "probe")[: settings["n_probe"]]
+    ids = [r["image"] for r in records]
+    projector, _ = load_projector(projector_pt)
+    features = _cached_tokens(spec, data_dir, "caption_probe", features_h5, ids).float()
+    out: dict[str, Any] = {"n_probe": len(records)}
+    if method == "caption_loglik":
+        llm, tokenizer = load_llm(llm_dir, key="llm.weights")
+        per_pair = caption_loglik(llm, projector, tokenizer, features, [r["caption"] for r in records])
+        out.update({"A": float(per_pair.mean()), "per_pair_std": float(per_pair.std())})
+    elif method == "cosine_to_reference":
+        with torch.inference_mode():
+            targets = list(projector(features))
+            refs = {}
+            for name, ref in (references or {}).items():
+                ref_projector, _ = load_projector(ref["projector"])
+                ref_tokens = _cached_tokens(ref["spec"], data_dir, "caption_probe", ref["features"], ids).float()
+                refs[name] = list(ref_projector(ref_tokens))
+        result = cosine_to_reference(targets, refs)
+        out.update({"A": result["A"], "components": result["components"]})
+    else:
+        raise ValueError(f"a_score.method: unknown method {method!r}")
+    out["protocol"] = {"a_score": {**dict(settings), "probe": "captions/probe.json", "log": "natural"},
+                       "llm": llm_dir, "projector": projector_pt}
+    out["versions"] = versions()
+    print(f"A ({method}) = {out['A']:.4f} over {len(records)} probe pairs", file=sys.stderr)
+    write_json(out_json, out)
+
+
+def _qa_turn(record: Mapping[str, Any]) -> tuple[str, str]:
+    """(prompt, answer) of a LLaVA-style conversation; the ``<image>`` placeholder is where the visual
+    tokens already are (right after ``<s>``)."""
+    human, gpt = record["conversations"][0]["value"], record["conversations"][1]["value"]
+    return human.replace("<image>\n", "").replace("<image>", "").strip(), gpt.strip()
+
+
+def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: str, features_h5: str,
+               settings: Mapping[str, Any], out_dir: str) -> None:
+    """Rule train_mllm: stage 2 (projector + LM) on the instruction data, from the stage-1 projector."""
+    import string
+
+    from vislaw.data.datasets import read_records
+    from vislaw.llm import load_llm
+    from vislaw.train import TrainConfig, load_projector, save_mllm
+    from vislaw.train import train_mllm as fit
+
+    command = settings.get("command")
+    if command:
+        line = string.Template(command).substitute(
+            weights=spec.get("weights") or "", image_size=spec["image_size"], output_dir=out_dir,
+            data_dir=data_dir, llm=llm_dir, projector=projector_pt)
+        run_external(line)
+        if not Path(out_dir).is_dir() or not any(Path(out_dir).iterdir()):
+            raise FileNotFoundError(f"stage2.command: wrote nothing to its output_dir {out_dir}")
+        return
+    records = read_records(Path(data_dir) / "qa" / "instruct_train.json")
+    llm, tokenizer = load_llm(llm_dir, key="llm.weights")
+    projector, _ = load_projector(projector_pt)
+    features = _cached_tokens(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records])
+    config = TrainConfig(**{k: v for k, v in settings.items() if k != "command"})
+    losses = fit(llm, projector, tokenizer, features, [_qa_turn(r) for r in records], config)
+    print(f"stage 2: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
+    save_mllm(out_dir, llm, tokenizer, projector,
+              {"encoder": dict(spec), "config": asdict(config), "loss": losses, "conversations": len(records),
+               "versions": versions()})
+
+
+def evaluate(spec: Mapping[str, Any], data_dir: str, mllm_dir: str, features_h5: str, benchmark: str,
+             settings: Mapping[str, Any], out_json: str) -> None:
+    """Rule evaluate: one benchmark of one trained MLLM; built-in multiple choice or an external command.
+
+    Built in: the likelihood of each option's letter after the image and the prompt (the prediction is
+    the most likely), and the exact match of the greedy answer; ``score`` is the first (x100).
+    """
+    import json
+    import string
+
+    command = settings.get("command")
+    if command:
+        with tempfile_dir(Path(out_json).parent) as work:
+            line = string.Template(command).substitute(model=mllm_dir, task=benchmark, output_dir=work)
+            run_external(line)
+            record = parse_external_result(work, benchmark, settings.get("metric"))
+    else:
+        from vislaw.data.datasets import qa_test_records
+        from vislaw.train import generate_answers, load_mllm, score_options
+
+        records = qa_test_records(data_dir, benchmark)
+        llm, tokenizer, projector = load_mllm(mllm_dir)
+        features = _cached_tokens(spec, data_dir, "qa_test", features_h5, [r["image"] for r in records]).float()
+        letters = [[chr(ord("A") + i) for i in range(len(r["options"]))] for r in records]
+        prompts = [r["prompt"] for r in records]
+        likelihoods = score_options(llm, projector, tokenizer, features, prompts, letters)
+        predicted = [max(range(len(v)), key=v.__getitem__) for v in likelihoods]
+        correct = [p == r["answer"] for p, r in zip(predicted, records)]
+        answers = generate_answers(llm, projector, tokenizer, features, prompts, max_new_tokens=2)
+        exact = [a == r["answer_letter"] for a, r in zip(answers, records)]
+        chance = sum(1 / len(r["options"]) for r in records) / len(records)
+        record = {
+            "score": 100.0 * sum(correct) / len(records),
+            "metric": "option likelihood accuracy (%)",
+            "exact_match": 100.0 * sum(exact) / len(records),
+            "chance": 100.0 * chance,
+            "n": len(records),
+            "predictions": [{"id": r["id"], "predicted": p, "answer": r["answer"], "generated": a}
+                            for r, p, a in zip(records, predicted, answers)],
+        }
+    record.update({"benchmark": benchmark, "mllm": mllm_dir, "versions": versions()})
+    print(f"{benchmark}: score {record['score']:.2f}", file=sys.stderr)
+    write_json(out_json, json.loads(json.dumps(record)))
+
+
+def tempfile_dir(parent: Path):
+    import tempfile
+
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=parent)
+
+
+def parse_external_result(work: str, task: str, metric: str | None) -> dict[str, Any]:
+    """The score of an lmms-eval run: its ``results`` JSON (``{"results": {task: {metric: value}}}``)."""
+    import json
+
+    files = sorted(Path(work).rglob("*results*.json"))
+    if not files:
+        raise FileNotFoundError(f"evaluation.command wrote no *results*.json under its output_dir for {task}")
+    data = json.loads(files[-1].read_text())
+    results = data.get("results", {}).get(task)
+    if results is None:
+        raise KeyError(f"{files[-1]}: no results for task {task!r} (tasks: {sorted(data.get('results', {}))})")
+    if metric is None:
+        numbers = {k: v for k, v in results.items() if isinstance(v, (int, float)) and "stderr" not in k}
+        if len(numbers) != 1:
+            raise KeyError(f"{files[-1]}: task {task!r} has metrics {sorted(numbers)}; set evaluation.metric")
+        metric, value = next(iter(numbers.items()))
+    else:
+        if metric not in results:
+            raise KeyError(f"{files[-1]}: task {task!r} has no metric {metric!r} (has {sorted(results)})")
+        value = results[metric]
+    return {"score": float(value), "metric": metric, "raw_results": results}
+
+
+def _ac_points(ac_csv: str) -> tuple[list[str], Any]:
+    import pandas as pd
+
+    from vislaw.policy import normalised_points
+
+    table = pd.read_csv(ac_csv)
+    return list(table["setting"]), normalised_points(table["A"].to_numpy(float), table["C"].to_numpy(float))
+
+
+def _eval_scores(eval_files: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, float]]:
+    """benchmark -> setting -> score, from ``{setting: {benchmark: eval JSON}}``."""
+    import json
+
+    scores: dict[str, dict[str, float]] = {}
+    for setting, per_benchmark in eval_files.items():
+        for benchmark, path in per_benchmark.items():
+            scores.setdefault(benchmark, {})[setting] = float(json.loads(Path(path).read_text())["score"])
+    return scores
+
+
+def live_policy(settings: Mapping[str, Any]):
+    from vislaw.policy import LivePolicy
+
+    return LivePolicy(budget=settings["budget"], initial=settings["initial"], per_round=settings["per_round"],
+                      top_k=settings["top_k"], seed=settings["seed"], train_all=settings["train_all"])
+
+
+def policy_round(ac_csv: str, eval_files: Mapping[str, Mapping[str, str]], round_number: int,
+                 settings: Mapping[str, Any], out_json: str) -> None:
+    """Checkpoint policy_round: the next round's picks from the A/C table and the scores measured so far."""
+    from vislaw.policy import next_round, target_scores
+
+    names, points = _ac_points(ac_csv)
+    scores = _eval_scores(eval_files)
+    trained = [s for s in names if s in eval_files]
+    decided = next_round(names, points, target_scores(scores, trained) if trained else {}, round_number,
+                         live_policy(settings))
+    print(f"round {round_number}: picks {list(decided.picks)} ({decided.reason})", file=sys.stderr)
+    write_json(out_json, decided.to_dict())
+
+
+def measured_table(ac_csv: str, eval_files: Mapping[str, Mapping[str, str]], benchmarks: list[str],
+                   out_csv: str) -> None:
+    """Rule measurements: the A/C table with the benchmark scores of the trained settings (blank for the
+    others, which the law then predicts)."""
+    import pandas as pd
+
+    from vislaw.io import write_csv
+
+    table = pd.read_csv(ac_csv)
+    scores = _eval_scores(eval_files)
+    for benchmark in benchmarks:
+        per_setting = scores.get(benchmark, {})
+        table[benchmark] = [per_setting.get(s, float("nan")) for s in table["setting"]]
+    write_csv(out_csv, table)
+
+
+def policy_report(ac_csv: str, rounds: list[str], eval_files: Mapping[str, Mapping[str, str]],
+                  settings: Mapping[str, Any], out_csv: str, out_json: str) -> None:
+    """Rule policy_report: ``rounds.csv`` (each round's predictions and picks) and the recommendation.
+
+    The recommendation is the trained setting with the best target (mean normalised benchmark score);
+    with ``train_all`` the live policy is replayed on the measured scores (a shadow run within
+    ``budget``), which says whether the truly best setting was in its predicted top-k.
+    """
+    import json
+
+    import pandas as pd
+
+    from vislaw.io import write_csv
+    from vislaw.policy import LivePolicy, PolicyRound, next_round, replay, target_scores
+
+    names, points = _ac_points(ac_csv)
+    scores = _eval_scores(eval_files)
+    policy = live_policy(settings)
+    history = [PolicyRound.from_dict(json.loads(Path(p).read_text())) for p in rounds]
+    trained = [s for s in names if s in eval_files]
+    targets = target_scores(scores, trained)
+    # the fit on everything trained: the last row of rounds.csv and the reported ranking
+    full = next_round(names, points, targets, len(history) + 1,
+                      LivePolicy(**{**policy.__dict__, "budget": len(trained), "train_all": False}))
+    shadow = None
+    if policy.train_all:
+        history = replay(names, points, scores, LivePolicy(**{**policy.__dict__, "train_all": False}))
+        last = history[-1]
+        shadow_trained = list(last.trained)
+        shadow = {
+            "trainings": len(shadow_trained),
+            "predicted_top_k": sorted(last.predictions, key=last.predictions.get, reverse=True)[: policy.top_k],
+            "recommended": max(shadow_trained, key=target_scores(scores, shadow_trained).get),
+        }
+    else:
+        history = [*history, full]
+    rows = []
+    for r in history:
+        for s in names:
+            rows.append({"round": r.round, "setting": s, "trained_before": s in r.trained, "picked": s in r.picks,
+                         "predicted": r.predictions.get(s, float("nan")), "reason": r.reason})
+    write_csv(out_csv, pd.DataFrame(rows))
+    best = max(targets, key=targets.get)
+    ranking = sorted(full.predictions, key=full.predictions.get, reverse=True)
+    report = {
+        "trained": trained,
+        "trainings": len(trained),
+        "candidates": len(names),
+        "recommended": best,
+        "targets": targets,
+        "predicted_top_k": ranking[: policy.top_k],
+        "train_all": policy.train_all,
+        "budget": policy.budget,
+    }
+    if shadow is not None:
+        # everything was measured: the true best is known, and the shadow run says what the policy would do
+        report["shadow"] = {**shadow, "true_best": best, "true_best_in_top_k": best in shadow["predicted_top_k"]}
+    write_json(out_json, report)
