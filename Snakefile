@@ -20,6 +20,7 @@ validate(config, "schemas/config.schema.json")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/zoo.smk"
 include: "rules/features.smk"
 include: "rules/stage1.smk"
 include: "rules/stage2.smk"

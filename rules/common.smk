@@ -12,11 +12,18 @@ from vislaw.measurements import (
     load_measurements,
 )
 from vislaw.provenance import code_hash
+from vislaw.zoo import MEAN, PATCH, STD, training_config
 
 OUT = f"results/{config['name']}"
 BENCHMARKS = list(config["benchmarks"])
 GROUPS = {name: entry["group"] for name, entry in config["benchmarks"].items()}
 ENCODERS = list(config.get("encoders", {}))
+# Mini encoders the workflow trains itself (kind mini with a 'train' block): rule pretrain_encoder.
+ZOO = [
+    n
+    for n, e in config.get("encoders", {}).items()
+    if e.get("kind") == "mini" and "train" in e
+]
 # Measuring (encoders configured): A, C, the policy's trainings and evaluations make the measurements
 # table. Otherwise the table is given (config key 'measurements', e.g. the paper presets).
 MEASURING = bool(ENCODERS)
@@ -30,13 +37,58 @@ MEASUREMENTS_CSV = (
 
 wildcard_constraints:
     encoder="|".join(map(re.escape, ENCODERS)) or "(?!)",
+    zoo_encoder="|".join(map(re.escape, ZOO)) or "(?!)",
     dataset="|".join(DATASETS),
     benchmark="|".join(map(re.escape, BENCHMARKS)),
     round=r"\d+",
 
 
+def zoo_training(name):
+    """The full training settings of a workflow-trained mini encoder (objective + overrides)."""
+    train = dict(config["encoders"][name]["train"])
+    objective = train.pop("objective")
+    try:
+        return objective, training_config(objective, train)
+    except ValueError as err:
+        raise WorkflowError(f"config key 'encoders.{name}.train': {err}") from None
+
+
+def encoder_entries():
+    """The encoders mapping with each workflow-trained mini encoder's spec fields filled from its training:
+    its checkpoint folder, input size, patch, normalisation and architecture."""
+    entries = {}
+    for name, entry in config.get("encoders", {}).items():
+        entry = dict(entry)
+        if name in ZOO:
+            entry.pop("train")
+            _, settings = zoo_training(name)
+            entry.setdefault("weights", f"{OUT}/zoo/{name}")
+            entry.setdefault("image_size", settings["image_size"])
+            entry.setdefault("patch", PATCH)
+            entry.setdefault("mean", list(MEAN))
+            entry.setdefault("std", list(STD))
+            entry.setdefault("options", {"arch": settings["arch"]["arch"]})
+        entries[name] = entry
+    return entries
+
+
+ENCODER_ENTRIES = encoder_entries()
+
+
 def encoder_spec(name):
-    return spec_from_config(name, config["encoders"])
+    return spec_from_config(name, ENCODER_ENTRIES)
+
+
+def zoo_parts(name):
+    """The workflow-trained mini encoders an encoder reads: itself, or a concat's parts (recursively)."""
+    entry = config["encoders"].get(name, {})
+    if name in ZOO:
+        return [name]
+    return [z for part in entry.get("parts", []) for z in zoo_parts(part)]
+
+
+def zoo_inputs(wildcards):
+    return [f"{OUT}/zoo/{name}" for name in zoo_parts(wildcards.encoder)]
 
 
 def check_encoders():
@@ -64,7 +116,9 @@ def check_encoders():
             )
     for name in ENCODERS:
         try:
-            check_spec(encoder_spec(name))
+            spec = encoder_spec(name)
+            # a checkpoint the workflow itself trains does not exist yet when the DAG is planned
+            check_spec(spec if not zoo_parts(name) else _without_zoo_weights(spec))
         except EncoderConfigError as err:
             raise WorkflowError(f"config key {err}") from None
     if config["a_score"]["method"] == "cosine_to_reference":
@@ -78,6 +132,14 @@ def check_encoders():
             raise WorkflowError(
                 f"config key 'a_score.references': {unknown} are not keys of 'encoders'"
             )
+
+
+def _without_zoo_weights(spec):
+    import dataclasses
+
+    parts = tuple(_without_zoo_weights(p) for p in spec.parts)
+    weights = None if spec.name in ZOO else spec.weights
+    return dataclasses.replace(spec, weights=weights, parts=parts)
 
 
 check_encoders()

@@ -2,6 +2,7 @@ rule extract_features:
     # One job per encoder writes all its caches: the model is built once for the four image sets.
     input:
         data=f"{OUT}/data",
+        zoo=zoo_inputs,
     output:
         expand(f"{OUT}/features/{{{{encoder}}}}/{{dataset}}.h5", dataset=DATASETS),
     log:
@@ -10,7 +11,7 @@ rule extract_features:
         f"{OUT}/benchmarks/extract_features/{{encoder}}.tsv"
     conda:
         "../envs/vislaw.yaml"
-    threads: 2  # torch intra-op threads; images are decoded by loader threads alongside
+    threads: 1  # one torch thread per job: on a CPU two 1-thread jobs beat one oversubscribed 2-thread job
     resources:
         gpu=1,
         mem_mb=4000,

@@ -10,7 +10,7 @@ rule c_score:
         f"{OUT}/benchmarks/c_score/{{encoder}}.tsv"
     conda:
         "../envs/vislaw.yaml"
-    threads: 2
+    threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
         mem_mb=4000,
@@ -55,7 +55,7 @@ rule a_score:
         f"{OUT}/benchmarks/a_score/{{encoder}}.tsv"
     conda:
         "../envs/vislaw.yaml"
-    threads: 2
+    threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
         mem_mb=4000,

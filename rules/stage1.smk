@@ -9,7 +9,7 @@ rule pretrain_llm:
         f"{OUT}/benchmarks/pretrain_llm.tsv"
     conda:
         "../envs/vislaw.yaml"
-    threads: 2
+    threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
         mem_mb=4000,
@@ -34,7 +34,7 @@ rule train_projector:
         f"{OUT}/benchmarks/train_projector/{{encoder}}.tsv"
     conda:
         "../envs/vislaw.yaml"
-    threads: 2
+    threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
         mem_mb=8000,

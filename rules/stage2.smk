@@ -37,7 +37,7 @@ rule train_mllm:
         f"{OUT}/benchmarks/train_mllm/{{encoder}}.tsv"
     conda:
         "../envs/vislaw.yaml"
-    threads: 2
+    threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
         mem_mb=8000,
@@ -63,7 +63,7 @@ rule evaluate:
         f"{OUT}/benchmarks/evaluate/{{encoder}}/{{benchmark}}.tsv"
     conda:
         "../envs/vislaw.yaml"
-    threads: 2
+    threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
         mem_mb=4000,

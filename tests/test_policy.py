@@ -121,3 +121,64 @@ def test_paper_v3_policy_beats_random_order_at_budget_four() -> None:
     assert (table["recall_at_3"] > 0.8).all(), table
     assert table["random_recall_at_3"].mean() == pytest.approx(4 / 15, abs=0.05)
     assert list(table["trials"].unique()) == [300]
+
+
+# --- live use ------------------------------------------------------------------------------------------
+
+from vislaw.policy import LivePolicy, next_round, replay, target_scores  # noqa: E402
+
+NAMES = [f"e{i}" for i in range(8)]
+POINTS = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5], [0.2, 0.7], [0.6, 0.1],
+                   [0.9, 0.6]])
+TRUTH = 1 + POINTS[:, 0] + 2 * POINTS[:, 1] - POINTS[:, 0] * POINTS[:, 1]  # best: e2 (0, 1) -> 3.0
+
+
+def live(**overrides) -> LivePolicy:
+    settings = dict(budget=5, initial=3, per_round=2, top_k=3, seed=0, train_all=False)
+    return LivePolicy(**{**settings, **overrides})
+
+
+def test_target_scores_average_normalised_benchmarks() -> None:
+    scores = {"b1": {"x": 10.0, "y": 20.0, "z": 15.0}, "b2": {"x": 1.0, "y": 0.0, "z": 0.5}}
+    assert target_scores(scores, ["x", "y", "z"]) == {"x": 0.5, "y": 0.5, "z": 0.5}
+
+
+def test_first_round_grid_samples_initial_picks() -> None:
+    first = next_round(NAMES, POINTS, {}, 1, live())
+    assert len(first.picks) == 3 and len(set(first.picks)) == 3
+    quadrants = grid_cells(POINTS[[NAMES.index(p) for p in first.picks]], 1)
+    assert len(set(quadrants.tolist())) == 3  # level one: one pick per quadrant
+    assert not first.done and first.predictions == {}
+
+
+def test_later_rounds_train_the_predicted_top_k_within_budget() -> None:
+    trained = ["e0", "e1", "e3", "e4", "e6", "e7"]  # six points: the quadratic fit is exact
+    targets = {s: float(TRUTH[NAMES.index(s)]) for s in trained}
+    decided = next_round(NAMES, POINTS, targets, 2, live(budget=8, per_round=1))
+    assert decided.picks == ("e2",)  # the predicted best, not yet trained
+    assert decided.predictions["e2"] == max(decided.predictions.values())
+    assert not decided.done
+    capped = next_round(NAMES, POINTS, targets, 2, live(budget=6))
+    assert capped.picks == () and capped.done and capped.reason == "budget reached"
+
+
+def test_policy_stops_when_the_predicted_top_k_is_trained() -> None:
+    trained = ["e0", "e1", "e2", "e3", "e7", "e4"]
+    targets = {s: float(TRUTH[NAMES.index(s)]) for s in trained}
+    decided = next_round(NAMES, POINTS, targets, 3, live(budget=8))
+    assert decided.picks == () and decided.done and "top-3 is trained" in decided.reason
+
+
+def test_train_all_picks_everything_in_one_round() -> None:
+    decided = next_round(NAMES, POINTS, {}, 1, live(train_all=True))
+    assert decided.picks == tuple(NAMES) and decided.done
+
+
+def test_replay_on_an_exact_law_finds_the_best() -> None:
+    scores = {"b": {s: float(t) for s, t in zip(NAMES, TRUTH)}}
+    rounds = replay(NAMES, POINTS, scores, live(budget=7))
+    trained = [s for r in rounds for s in r.picks]
+    assert len(trained) == len(set(trained)) <= 7
+    last = rounds[-1]
+    assert "e2" in sorted(last.predictions, key=last.predictions.get, reverse=True)[:3]
+    assert rounds[0].round == 1 and [r.round for r in rounds] == list(range(1, len(rounds) + 1))

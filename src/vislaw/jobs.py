@@ -21,6 +21,7 @@ from vislaw.data import spair
 from vislaw.data.datasets import image_set
 from vislaw.encoders.spec import EncoderSpec
 from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
+from vislaw.gpu import gpu_job
 from vislaw.io import write_json
 from vislaw.scores.correspondence import CorrespondenceProtocol, score_spair
 
@@ -40,6 +41,7 @@ def versions() -> dict[str, str]:
     return {"vislaw": vislaw.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
+@gpu_job
 def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[str, str], batch_size: int) -> None:
     """Rule extract_features: one encoder's caches, ``outputs`` mapping image-set name -> HDF5 path."""
     from vislaw.encoders import create_encoder
@@ -49,8 +51,11 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
     for dataset, out_h5 in outputs.items():
         images = image_set(data_dir, dataset)
         print(f"{dataset}: {len(images.ids)} images", file=sys.stderr)
+        # decoding threads beside the model: as many as the job's torch threads, so a CPU job stays in
+        # its share of the cores; on a GPU the decoders feed the device.
+        loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else 4
         extract_to_h5(dict(spec), images.paths, out_h5, image_ids=images.ids, batch_size=batch_size,
-                      device=device, encoder=encoder)
+                      device=device, encoder=encoder, loader_threads=loaders)
 
 
 def expected_protocol(spec: Mapping[str, Any], data_dir: str, dataset: str) -> dict[str, Any]:
@@ -59,6 +64,7 @@ def expected_protocol(spec: Mapping[str, Any], data_dir: str, dataset: str) -> d
     return extraction_protocol(EncoderSpec.from_dict(spec), fingerprint_files(images.paths, images.ids))
 
 
+@gpu_job
 def c_score(spec: Mapping[str, Any], data_dir: str, features_h5: str, protocol: Mapping[str, Any],
             out_json: str) -> None:
     """Rule c_score: PCK on the SPair-format test pairs from the cached features."""
@@ -111,6 +117,18 @@ def ac_table(encoders: list[str], inputs: Mapping[str, list[str]], out_csv: str)
     write_csv(out_csv, pd.DataFrame(rows))
 
 
+@gpu_job
+def pretrain_encoder(objective: str, world_dir: str, settings: Mapping[str, Any], out_dir: str) -> None:
+    """Rule pretrain_encoder: one mini-zoo encoder trained on the world (or its seeded random init)."""
+    from vislaw.zoo import train_encoder
+
+    record = train_encoder(objective, world_dir, out_dir, settings)
+    curve = record["loss_curve"]
+    loss = f"loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}, " if curve else ""
+    print(f"pretrain_encoder: {objective}, {loss}{record['train_seconds']:.1f} s", file=sys.stderr)
+
+
+@gpu_job
 def pretrain_llm(data_dir: str, settings: Mapping[str, Any], out_dir: str) -> None:
     """Rule pretrain_llm: tokenizer + tiny Llama on the world's corpus, saved as a Hugging Face folder."""
     from vislaw.llm import PretrainConfig, TinyLlamaConfig
@@ -144,6 +162,7 @@ def run_external(command: str, log_path: str | None = None) -> None:
                            f"{proc.stderr[-2000:]}")
 
 
+@gpu_job
 def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
                     settings: Mapping[str, Any], out_pt: str) -> None:
     """Rule train_projector: the stage-1 projector of one encoder (built in, or an external command)."""
@@ -181,6 +200,7 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
     save_projector(out_pt, projector, record)
 
 
+@gpu_job
 def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: str, features_h5: str,
             settings: Mapping[str, Any], out_json: str, references: Mapping[str, Mapping[str, str]] | None = None) -> None:
     """Rule a_score: A of one encoder on the probe pairs, ``caption_loglik`` (v3) or ``cosine_to_reference``.
@@ -228,6 +248,7 @@ def _qa_turn(record: Mapping[str, Any]) -> tuple[str, str]:
     return human.replace("<image>\n", "").replace("<image>", "").strip(), gpt.strip()
 
 
+@gpu_job
 def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: str, features_h5: str,
                settings: Mapping[str, Any], out_dir: str) -> None:
     """Rule train_mllm: stage 2 (projector + LM) on the instruction data, from the stage-1 projector."""
@@ -259,6 +280,7 @@ def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_p
                "versions": versions()})
 
 
+@gpu_job
 def evaluate(spec: Mapping[str, Any], data_dir: str, mllm_dir: str, features_h5: str, benchmark: str,
              settings: Mapping[str, Any], out_json: str) -> None:
     """Rule evaluate: one benchmark of one trained MLLM; built-in multiple choice or an external command.

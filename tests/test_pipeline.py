@@ -1,0 +1,138 @@
+"""The measuring pipeline end to end on the smoke preset (mini-world, mini zoo, tiny LM, AC policy with a
+budget), in a fresh copy: what runs, what it writes, what reruns, and how failures look."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import copy_workflow, planned_rules, snakemake
+
+pytestmark = pytest.mark.workflow
+SMOKE = "presets/smoke.yaml"
+OUT = Path("results/smoke")
+MEASURING_RULES = {"pretrain_encoder", "extract_features", "c_score", "train_projector", "a_score"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("smoke"))
+    start = time.perf_counter()
+    snakemake(workdir, "--configfile", SMOKE)
+    print(f"smoke preset end to end: {time.perf_counter() - start:.0f} s")
+    return workdir
+
+
+def preset_variant(workdir: Path, name: str, edit) -> str:
+    config = yaml.safe_load((workdir / SMOKE).read_text())
+    edit(config)
+    (workdir / "presets" / name).write_text(yaml.safe_dump(config, sort_keys=False))
+    return f"presets/{name}"
+
+
+def test_only_the_policys_picks_are_trained_and_evaluated(smoke_run: Path) -> None:
+    out = smoke_run / OUT
+    rounds = sorted(out.glob("policy/round_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    picks = [s for r in rounds for s in json.loads(r.read_text())["picks"]]
+    assert json.loads(rounds[-1].read_text())["done"]
+    assert len(picks) == 2 == len(set(picks))  # the budget, fewer than the 4 candidates
+    assert sorted(p.name for p in (out / "mllm").iterdir()) == sorted(picks)
+    assert sorted(p.name for p in (out / "eval").iterdir()) == sorted(picks)
+    benchmarks = ["colour", "shape", "count", "spatial", "size", "glyph"]
+    for setting in picks:
+        assert sorted(p.stem for p in (out / "eval" / setting).glob("*.json")) == sorted(benchmarks)
+    table = pd.read_csv(out / "measurements.csv").set_index("setting")
+    assert set(table.index) == {"contrastive_64", "selfsup_64", "random_vit_64", "contrastive_selfsup_64"}
+    assert table.loc[picks, benchmarks].notna().all().all()
+    assert table.drop(index=picks)[benchmarks].isna().all().all()
+    report = json.loads((out / "policy/recommendation.json").read_text())
+    assert report["trainings"] == 2 and report["recommended"] in picks
+    rounds_csv = pd.read_csv(out / "policy/rounds.csv")
+    assert set(rounds_csv.loc[rounds_csv["picked"], "setting"]) == set(picks)
+
+
+def test_scores_carry_their_protocols(smoke_run: Path) -> None:
+    out = smoke_run / OUT
+    ac = pd.read_csv(out / "scores/ac.csv").set_index("setting")
+    for setting in ac.index:
+        c = json.loads((out / f"scores/C/{setting}.json").read_text())
+        a = json.loads((out / f"scores/A/{setting}.json").read_text())
+        assert c["C"] == pytest.approx(ac.loc[setting, "C"]) and 0 <= c["C"] <= 100
+        assert c["protocol"]["c_score"]["window"] == 11 and c["protocol"]["c_score"]["temperature"] == 0.02
+        assert c["protocol"]["extraction"]["grid"] == [8, 8] and c["protocol"]["extraction"]["layer"] == -2
+        assert set(c["per_category"]) and c["n_pairs"] == 32
+        assert a["A"] == pytest.approx(ac.loc[setting, "A"]) and a["A"] < 0  # a mean log-likelihood
+        assert a["protocol"]["a_score"]["method"] == "caption_loglik" and a["n_probe"] == 16
+
+
+def test_summary_matches_the_tables(smoke_run: Path) -> None:
+    out = smoke_run / OUT
+    text = (out / "summary.md").read_text()
+    ac = pd.read_csv(out / "scores/ac.csv")
+    for row in ac.itertuples():
+        assert re.search(rf"^\| {row.setting} \| {row.A:.3f} \| {row.C:.3f} \|", text, flags=re.M), row.setting
+    report = json.loads((out / "policy/recommendation.json").read_text())
+    assert f"recommended (best mean normalised score among the trained): **{report['recommended']}**" in text
+    assert f"trainings spent: {report['trainings']} of 4 candidates (budget 2)" in text
+
+
+def test_second_run_does_nothing(smoke_run: Path) -> None:
+    assert planned_rules(smoke_run, "--configfile", SMOKE) == {}
+
+
+def test_changing_the_c_protocol_reruns_only_c_and_the_aggregates(smoke_run: Path) -> None:
+    def window(config):
+        config["c_score"] = {"window": 5}
+
+    planned = planned_rules(smoke_run, "--configfile", preset_variant(smoke_run, "window.yaml", window))
+    assert planned.get("c_score") == 4
+    assert not MEASURING_RULES - {"c_score"} & set(planned), planned
+    assert {"ac_table", "policy_round"} <= set(planned), planned
+
+
+def test_changing_one_encoder_reruns_only_that_encoder(smoke_run: Path) -> None:
+    def resolution(config):
+        config["encoders"]["random_vit_64"]["train"]["image_size"] = 48
+
+    planned = planned_rules(smoke_run, "--configfile", preset_variant(smoke_run, "res.yaml", resolution))
+    for rule in MEASURING_RULES:
+        assert planned.get(rule) == 1, (rule, planned)  # random_vit_64's job, no other encoder's
+    assert "pretrain_llm" not in planned and "make_world" not in planned
+
+
+def test_a_failing_external_command_fails_its_job_with_its_stderr_and_no_output(smoke_run: Path) -> None:
+    def external(config):
+        config["evaluation"] = {"command": "echo vislaw-boom-$task >&2; exit 3"}
+
+    preset = preset_variant(smoke_run, "external.yaml", external)
+    setting = json.loads((smoke_run / OUT / "policy/round_1.json").read_text())["picks"][0]
+    target = f"results/smoke/eval/{setting}/glyph.json"
+    (smoke_run / target).unlink()
+    proc = snakemake(smoke_run, target, "--configfile", preset, check=False)
+    assert proc.returncode != 0
+    log = (smoke_run / OUT / f"logs/evaluate/{setting}/glyph.log").read_text()
+    assert "vislaw-boom-glyph" in log and "exit status 3" in log
+    assert not (smoke_run / target).exists()
+    assert not list((smoke_run / target).parent.glob(".glyph.json*"))  # no temporary left behind
+
+
+def test_bad_encoder_entries_fail_the_dry_run_naming_the_key(smoke_run: Path) -> None:
+    cases = {
+        "kind.yaml": (lambda c: c["encoders"].update(bad={"kind": "nope", "image_size": 64}),
+                      "'nope' is not one of ['hf', 'timm', 'concat', 'mini', 'diffusers']"),
+        "weights.yaml": (lambda c: c["encoders"].update(
+            bad={"kind": "hf", "weights": "./no/such/checkpoint", "patch": 8, "image_size": 64,
+                 "mean": [0.5] * 3, "std": [0.5] * 3}), "encoders.bad.weights: path './no/such/checkpoint' does not exist"),
+        "train.yaml": (lambda c: c["encoders"]["selfsup_64"]["train"].update(stepz=3),
+                       "config key 'encoders.selfsup_64.train': unknown selfsup training setting(s) ['stepz']"),
+    }
+    for name, (edit, message) in cases.items():
+        proc = snakemake(smoke_run, "-n", "--configfile", preset_variant(smoke_run, name, edit), check=False)
+        assert proc.returncode != 0, name
+        assert message in proc.stdout + proc.stderr, (name, proc.stdout[-2000:] + proc.stderr[-2000:])

@@ -1,0 +1,134 @@
+"""The mini zoo: objectives learn, runs are reproducible, checkpoints load through kind ``mini``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vislaw.data.world import make_world, smoke_params
+from vislaw.encoders import EncoderConfigError, EncoderSpec, create_encoder
+from vislaw.features import extract_to_h5, read_features
+from vislaw.zoo import MEAN, STD, read_checkpoint_record, train_encoder, training_config
+
+# Tiny backbones and step counts: the point is behaviour, not quality.
+TINY_VIT = {"arch": "vit", "dim": 32, "depth": 3, "heads": 2, "stem": [8, 16]}
+TINY_CNN = {"arch": "cnn", "dim": 32, "depth": 3, "stem": [8, 16]}
+TINY = {"steps": 16, "batch_size": 8, "log_every": 4, "limit_images": 48}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("zoo") / "world"
+    make_world(root, smoke_params())
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoints(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A trained ViT at 64 px and a random CNN, shared by the loading tests."""
+    out = tmp_path_factory.mktemp("ckpt")
+    train_encoder("contrastive", world, out / "vit", {**TINY, "arch": TINY_VIT, "image_size": 64})
+    train_encoder("random", world, out / "cnn", {"arch": TINY_CNN, "image_size": 64, "seed": 1})
+    return {"vit": out / "vit", "cnn": out / "cnn"}
+
+
+def mini_spec(path: Path, name: str, arch: str, image_size: int = 64, **fields: object) -> EncoderSpec:
+    return EncoderSpec(kind="mini", weights=str(path), image_size=image_size, patch=8, mean=MEAN, std=STD,
+                       options={"arch": arch}, name=name, **fields)
+
+
+@pytest.mark.parametrize(("objective", "arch"), [("contrastive", TINY_VIT), ("selfsup", TINY_CNN),
+                                                 ("denoise", TINY_CNN), ("supervised", TINY_VIT)])
+def test_each_objective_lowers_its_loss(world: Path, tmp_path: Path, objective: str, arch: dict) -> None:
+    overrides = {**TINY, "arch": arch, "image_size": 64}
+    if objective == "selfsup":
+        overrides["view_size"] = 48
+    if objective == "denoise":  # one noise level: a random level per image makes 8-image batch losses jumpy
+        overrides.update(noise=[0.5, 0.5], batch_size=16)
+    record = train_encoder(objective, world, tmp_path / objective, overrides)
+    curve = [loss for _, loss in record["loss_curve"]]
+    assert len(curve) == 4 and curve[-1] < curve[0], curve
+    saved = json.loads((tmp_path / objective / "zoo.json").read_text())
+    assert saved["objective"] == objective and saved["config"]["steps"] == 16
+    expected_arch = {**arch, "image_size": 64, **({"mlp_ratio": 2.0} if arch["arch"] == "vit" else {})}
+    assert saved["architecture"] == expected_arch
+    assert (tmp_path / objective / "backbone.pt").is_file() and (tmp_path / objective / "heads.pt").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_same_seed_same_weights_other_seed_other_weights(world: Path, tmp_path: Path) -> None:
+    def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
+        train_encoder("selfsup", world, tmp_path / name,
+                      {**TINY, "steps": 4, "arch": TINY_CNN, "image_size": 64, "view_size": 48, "seed": seed})
+        return torch.load(tmp_path / name / "backbone.pt", weights_only=True)
+
+    first, again, other = weights(3, "a"), weights(3, "b"), weights(4, "c")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_training_config_rejects_unknown_keys_and_objectives() -> None:
+    with pytest.raises(ValueError, match="view_size"):
+        training_config("contrastive", {"view_size": 48})
+    with pytest.raises(ValueError, match="objective"):
+        training_config("clip", {})
+    assert training_config("random", {"steps": 100})["steps"] == 0
+
+
+@pytest.mark.parametrize(("key", "image_size", "grid"), [("vit", 64, (8, 8)), ("vit", 96, (12, 12)),
+                                                         ("cnn", 64, (8, 8)), ("cnn", 96, (12, 12))])
+def test_checkpoints_load_as_kind_mini(checkpoints: dict[str, Path], key: str, image_size: int,
+                                       grid: tuple[int, int]) -> None:
+    encoder = create_encoder(mini_spec(checkpoints[key], f"mini_{key}", key, image_size))
+    assert encoder.grid == grid and encoder.num_layers == 3
+    x = torch.rand(2, 3, image_size, image_size)
+    tokens = encoder.tokens(x, layers=(-2, -1, 0))
+    assert {layer: tuple(t.shape) for layer, t in tokens.items()} == {l: (2, grid[0] * grid[1], 32) for l in (-2, -1, 0)}
+    assert torch.equal(tokens[-2], encoder.tokens(x, layers=(1,))[1])  # -2 = penultimate of 3 blocks
+    assert not torch.allclose(tokens[-2], tokens[-1])
+    if key == "vit":  # the CLS token comes first when the spec keeps the prefix
+        keep = create_encoder(mini_spec(checkpoints[key], "k", key, image_size, drop_prefix=False))
+        kept = keep.tokens(x)[-2]
+        assert kept.shape[1] == grid[0] * grid[1] + 1 and torch.allclose(kept[:, 1:], tokens[-2])
+
+
+def test_mini_encoders_extract_and_concatenate(checkpoints: dict[str, Path], world: Path, tmp_path: Path) -> None:
+    parts = (mini_spec(checkpoints["vit"], "mini_vit", "vit"), mini_spec(checkpoints["cnn"], "mini_cnn", "cnn"))
+    spec = EncoderSpec(kind="concat", image_size=64, parts=parts, name="vit_plus_cnn")
+    tokens = create_encoder(spec).tokens(torch.rand(2, 3, 64, 64))[-2]
+    assert tuple(tokens.shape) == (2, 64, 64)
+    torch.testing.assert_close(tokens.norm(dim=-1), torch.ones(2, 64))
+    torch.testing.assert_close(tokens[..., :32].norm(dim=-1), torch.full((2, 64), 0.5**0.5))  # each part normalised
+    images = sorted((world / "spair" / "JPEGImages").rglob("*.jpg"))[:3]
+    protocol = extract_to_h5(spec, images, tmp_path / "f.h5", dataset_fingerprint="t", device="cpu")
+    assert read_features(tmp_path / "f.h5", [p.stem for p in images], protocol).shape == (3, 64, 64)
+
+
+def test_missing_or_mismatched_checkpoint_names_the_config_key(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.weights: .*does not exist"):
+        create_encoder(mini_spec(tmp_path / "nothing", "mini_x", "vit"))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.weights: kind 'mini' needs"):
+        create_encoder(dataclasses.replace(mini_spec(tmp_path, "mini_x", "vit"), weights=None))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.weights: .*not a mini-zoo checkpoint"):
+        create_encoder(mini_spec(tmp_path, "mini_x", "vit"))  # exists, but holds no zoo.json
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.options: arch='cnn'"):
+        create_encoder(mini_spec(checkpoints["vit"], "mini_x", "cnn"))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.options: unknown key"):
+        create_encoder(dataclasses.replace(mini_spec(checkpoints["vit"], "mini_x", "vit"),
+                                           options={"arch": "vit", "width": 3}))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.mean"):
+        create_encoder(dataclasses.replace(mini_spec(checkpoints["vit"], "mini_x", "vit"), mean=(0.4, 0.4, 0.4)))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.layer"):
+        create_encoder(dataclasses.replace(mini_spec(checkpoints["vit"], "mini_x", "vit"), layer=3))
+    with pytest.raises(EncoderConfigError, match=r"encoders\.mini_x\.patch"):
+        create_encoder(dataclasses.replace(mini_spec(checkpoints["vit"], "mini_x", "vit"), patch=16))
+
+
+def test_random_setting_records_no_training(checkpoints: dict[str, Path]) -> None:
+    record = read_checkpoint_record(checkpoints["cnn"])
+    assert record["objective"] == "random" and record["loss_curve"] == [] and record["config"]["seed"] == 1
+    assert not (checkpoints["cnn"] / "heads.pt").exists()
