@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ import torch
 
 from vislaw.data import spair
 from vislaw.data.world import WorldParams, make_world
-from vislaw.encoders import EncoderSpec, SquareFrame
+from vislaw.encoders import EncoderSpec
 from vislaw.features import extract_to_h5, extraction_protocol, read_features
-from vislaw.scores.correspondence import CorrespondenceProtocol, PairBatch, evaluate_pairs
+from vislaw.scores.correspondence import CorrespondenceProtocol, evaluate_pairs, pair_batch
 from vislaw.zoo import MEAN, STD, train_encoder
 
 # name -> (objective, training overrides, input size): the default zoo of the workflow.
@@ -47,28 +47,6 @@ def mini_spec(name: str, checkpoint: Path, image_size: int, arch: str) -> Encode
                        options={"arch": arch}, name=name)
 
 
-def pair_batch(pairs: Sequence[spair.SpairPair], row_of: Mapping[str, int], frame_size: float,
-               mode: str = "pad") -> PairBatch:
-    """SPair pairs -> `PairBatch` with keypoints and target boxes in the square frame of ``frame_size``."""
-    k = max(len(p.src_kps) for p in pairs)
-    src = np.zeros((len(pairs), k, 2))
-    trg = np.zeros((len(pairs), k, 2))
-    mask = np.zeros((len(pairs), k), dtype=bool)
-    boxes = np.zeros((len(pairs), 4))
-    for i, pair in enumerate(pairs):
-        n = len(pair.src_kps)
-        src_frame, trg_frame = SquareFrame(*pair.src_size, mode), SquareFrame(*pair.trg_size, mode)
-        src[i, :n] = src_frame.to_frame(pair.src_kps, frame_size)
-        trg[i, :n] = trg_frame.to_frame(pair.trg_kps, frame_size)
-        mask[i, :n] = True
-        boxes[i] = trg_frame.to_frame(pair.trg_bbox.reshape(2, 2), frame_size).reshape(4)
-    return PairBatch(
-        src_index=np.array([row_of[p.src_key] for p in pairs]),
-        trg_index=np.array([row_of[p.trg_key] for p in pairs]),
-        src_kps=src, trg_kps=trg, kp_mask=mask, trg_bbox=boxes, categories=[p.category for p in pairs],
-    )
-
-
 def c_scores(spec: EncoderSpec, spair_root: Path, work: Path) -> dict[float, float]:
     """PCK at each protocol threshold (x100) for ``spec`` on the test split."""
     images = spair.split_images(spair_root, "test")
@@ -79,8 +57,9 @@ def c_scores(spec: EncoderSpec, spair_root: Path, work: Path) -> dict[float, flo
     features = torch.from_numpy(read_features(cache, ids, protocol).astype(np.float32))
     assert protocol == extraction_protocol(spec, "bench")
     c_protocol = CorrespondenceProtocol()
+    # the workflow's own pair mapping (keypoints and boxes in the padded frame), as rule c_score uses it
     pairs = pair_batch(spair.load_pairs(spair_root, "test"), {key: i for i, key in enumerate(ids)},
-                       c_protocol.frame_size, spec.frame)
+                       c_protocol.frame_size)
     result = evaluate_pairs(features, spec.grid, pairs, c_protocol)
     return {alpha: result.pck(alpha) for alpha in c_protocol.alphas}
 

@@ -17,6 +17,7 @@ from vislaw.zoo import MEAN, STD, read_checkpoint_record, train_encoder, trainin
 # Tiny backbones and step counts: the point is behaviour, not quality.
 TINY_VIT = {"arch": "vit", "dim": 32, "depth": 3, "heads": 2, "stem": [8, 16]}
 TINY_CNN = {"arch": "cnn", "dim": 32, "depth": 3, "stem": [8, 16]}
+TINY_UNET = {"arch": "unet", "dim": 32, "deep": 32, "stem": [16]}
 TINY = {"steps": 16, "batch_size": 8, "log_every": 4, "limit_images": 48}
 
 
@@ -33,7 +34,8 @@ def checkpoints(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     out = tmp_path_factory.mktemp("ckpt")
     train_encoder("contrastive", world, out / "vit", {**TINY, "arch": TINY_VIT, "image_size": 64})
     train_encoder("random", world, out / "cnn", {"arch": TINY_CNN, "image_size": 64, "seed": 1})
-    return {"vit": out / "vit", "cnn": out / "cnn"}
+    train_encoder("random", world, out / "unet", {"arch": TINY_UNET, "image_size": 64, "seed": 2})
+    return {"vit": out / "vit", "cnn": out / "cnn", "unet": out / "unet"}
 
 
 def mini_spec(path: Path, name: str, arch: str, image_size: int = 64, **fields: object) -> EncoderSpec:
@@ -42,13 +44,16 @@ def mini_spec(path: Path, name: str, arch: str, image_size: int = 64, **fields: 
 
 
 @pytest.mark.parametrize(("objective", "arch"), [("contrastive", TINY_VIT), ("selfsup", TINY_CNN),
-                                                 ("denoise", TINY_CNN), ("supervised", TINY_VIT)])
+                                                 ("denoise", TINY_UNET), ("denoise", TINY_CNN),
+                                                 ("supervised", TINY_CNN), ("supervised", TINY_VIT)])
 def test_each_objective_lowers_its_loss(world: Path, tmp_path: Path, objective: str, arch: dict) -> None:
     overrides = {**TINY, "arch": arch, "image_size": 64}
     if objective == "selfsup":
         overrides["view_size"] = 48
     if objective == "denoise":  # one noise level: a random level per image makes 8-image batch losses jumpy
         overrides.update(noise=[0.5, 0.5], batch_size=16)
+    if objective == "supervised":  # more reads per object: 8-image batches of dense labels are noisy
+        overrides.update(points=8, lr=3e-3)
     record = train_encoder(objective, world, tmp_path / objective, overrides)
     curve = [loss for _, loss in record["loss_curve"]]
     assert len(curve) == 4 and curve[-1] < curve[0], curve
@@ -94,6 +99,40 @@ def test_checkpoints_load_as_kind_mini(checkpoints: dict[str, Path], key: str, i
         keep = create_encoder(mini_spec(checkpoints[key], "k", key, image_size, drop_prefix=False))
         kept = keep.tokens(x)[-2]
         assert kept.shape[1] == grid[0] * grid[1] + 1 and torch.allclose(kept[:, 1:], tokens[-2])
+
+
+@pytest.mark.parametrize(("image_size", "grid"), [(64, (8, 8)), (96, (12, 12))])
+def test_unet_layers_are_stride_8_readouts_along_the_path(checkpoints: dict[str, Path], image_size: int,
+                                                         grid: tuple[int, int]) -> None:
+    encoder = create_encoder(mini_spec(checkpoints["unet"], "mini_unet", "unet", image_size))
+    assert encoder.grid == grid and encoder.num_layers == 4
+    x = torch.rand(2, 3, image_size, image_size)
+    tokens = encoder.tokens(x, layers=(0, 1, -2, -1))
+    # down8 (dim), mid16 (deep), the first up-block (dim; the default layer -2, as DIFT), up4 (stem width)
+    assert {layer: tuple(t.shape) for layer, t in tokens.items()} == {
+        0: (2, grid[0] * grid[1], 32), 1: (2, grid[0] * grid[1], 32), -2: (2, grid[0] * grid[1], 32),
+        -1: (2, grid[0] * grid[1], 16)}
+    assert torch.equal(tokens[-2], encoder.tokens(x, layers=(2,))[2])
+    backbone = encoder.backbone
+    normalised = encoder.normalize(x)
+    torch.testing.assert_close(backbone.feature_map(normalised).flatten(2).transpose(1, 2), tokens[-2])
+    assert tuple(backbone.reconstruct(normalised).shape) == (2, 3, image_size, image_size)
+
+
+def test_caption_set_carries_object_centres_and_labels(world: Path) -> None:
+    from vislaw.zoo.data import load_caption_set
+
+    data = load_caption_set(world, 16)
+    entries = json.loads((world / "captions" / "train.json").read_text())[:16]
+    assert data.objects is not None and data.objects.shape[:2] == (16, max(len(e["objects"]) for e in entries))
+    for row, entry in enumerate(entries):
+        objects = data.objects[row]
+        assert int((objects[:, 2] >= 0).sum()) == len(entry["objects"])
+        side = data.images.shape[-1]
+        first = entry["objects"][0]
+        torch.testing.assert_close(objects[0, :2], torch.tensor([first["cx"], first["cy"]]) / side)
+        names = [n.split("=", 1)[1] for n in data.attribute_names if n.startswith("category=")]
+        assert names[int(objects[0, 2])] == first["category"] and objects[0, 6] == float(bool(first["glyph"]))
 
 
 def test_mini_encoders_extract_and_concatenate(checkpoints: dict[str, Path], world: Path, tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 weights: the checkpoint folder written by `vislaw.zoo.train_encoder` (``zoo.json`` + ``backbone.pt``);
     required, since even the random-weight settings are "trained" (zero steps, seeded init) by that rule.
-options: the architecture (`vislaw.zoo.arch`): ``arch`` (``vit`` or ``cnn``) and optionally ``dim``,
-    ``depth``, ``heads``, ``mlp_ratio``, ``stem``, ``image_size``; every key given must equal the
+options: the architecture (`vislaw.zoo.arch`): ``arch`` (``vit``, ``cnn`` or ``unet``) and optionally its
+    keys (``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``stem``, ``image_size``; a U-Net has ``dim``,
+    ``deep``, ``stem``, ``image_size``); every key given must equal the
     checkpoint's, so a config entry cannot silently load another architecture's weights.
 mean, std: must equal the normalisation the encoder was trained with (recorded in ``zoo.json``).
-patch: 8 (ViT patch, CNN stride). layer: block index like every kind (``-2`` = penultimate block, before
-    the final norm). A ViT run at another ``image_size`` than it was trained at resamples its position
+patch: 8 (ViT patch, CNN and U-Net stride). layer: block index like every kind (``-2`` = penultimate block,
+    before the final norm). A U-Net has four layers, the stride-8 readouts along its path (down-block,
+    stride-16 middle upsampled, first up-block, stride-4 up-block pooled): ``-2`` is the first up-block, the
+    block DIFT reads. A ViT run at another ``image_size`` than it was trained at resamples its position
     embeddings (bicubic), as timm does.
 """
 

@@ -1,9 +1,17 @@
-"""The mini zoo's two backbones: a small ViT (patch 8, one CLS token) and a small CNN (stride 8).
+"""The mini zoo's backbones: a small ViT (patch 8, one CLS token), a small CNN (stride 8) and a small U-Net.
 
-Both give ``features(x, indices) -> {index: (B, prefix + h*w, D)}`` for 0-based block indices, where ``x``
+All give ``features(x, indices) -> {index: (B, prefix + h*w, D)}`` for 0-based block indices, where ``x``
 is already normalised. Block ``k``'s output is taken before the final norm, as transformers'
 ``hidden_states[k + 1]`` and timm's ``forward_intermediates(norm=False)``, so the spec's ``layer: -2``
-means the same thing for every kind. On 96-px inputs both give a 12x12 grid, on 64-px inputs 8x8.
+means the same thing for every kind. On 96-px inputs all give a 12x12 grid, on 64-px inputs 8x8.
+
+The U-Net (the denoising objective's backbone, the diffusion analogue) runs on a stride-4 space-to-depth
+view of the image, goes down to stride 16 and back up, with skip connections, to pixels. Its "layers" are
+the blocks along that path that live at or next to stride 8, each read on the stride-8 grid: 0 = the
+encoder's stride-8 block (the skip), 1 = the stride-16 middle block (nearest-upsampled to stride 8), 2 = the
+first up-sampling block (stride 8: deep context joined with the skip; what DIFT reads from SD's U-Net),
+3 = the next up-block (stride 4, average-pooled to stride 8). So ``layer: -2`` is the first up-block, as
+for DIFT.
 
 An architecture is a plain dict (``{"arch": "vit", "dim": 96, ...}``): it is what ``options`` of a ``mini``
 encoder entry holds and what a checkpoint records, so the two can be compared key by key.
@@ -27,6 +35,9 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "vit": {"arch": "vit", "dim": 64, "depth": 4, "heads": 2, "mlp_ratio": 2.0, "stem": [16, 32], "image_size": 96},
     # Three stride-2 stem convs reach stride 8; the residual blocks then widen the receptive field.
     "cnn": {"arch": "cnn", "dim": 64, "depth": 4, "stem": [16, 32], "image_size": 96},
+    # stem: [width at stride 4] (the space-to-depth "latent"); dim: stride 8 (the features); deep: stride 16.
+    # depth is fixed (the four stride-8 readouts above), so it is not a key.
+    "unet": {"arch": "unet", "dim": 64, "deep": 96, "stem": [48], "image_size": 96},
 }
 
 
@@ -54,6 +65,8 @@ def build_backbone(arch: Mapping[str, Any]) -> Backbone:
     if arch["arch"] == "vit":
         return MiniViT(dim=arch["dim"], depth=arch["depth"], heads=arch["heads"], mlp_ratio=arch["mlp_ratio"],
                        stem=tuple(arch["stem"]), image_size=arch["image_size"])
+    if arch["arch"] == "unet":
+        return MiniUNet(dim=arch["dim"], deep=arch["deep"], stem=tuple(arch["stem"]))
     return MiniCNN(dim=arch["dim"], depth=arch["depth"], stem=tuple(arch["stem"]))
 
 
@@ -215,3 +228,79 @@ class MiniCNN(Backbone):
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.features(x, [self.depth - 1])[self.depth - 1])
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv, GroupNorm, GELU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(min(8, c_out), c_out),
+                         nn.GELU())
+
+
+class MiniUNet(Backbone):
+    """Denoising U-Net on a stride-4 "latent": down to stride 16, back up with skips, out to pixels.
+
+    As Stable Diffusion runs its U-Net on a VAE latent (stride 8), this one runs on a space-to-depth
+    (pixel-unshuffle 4) view of the image, which keeps full-resolution convolutions out of the one-core
+    budget. Down: a conv to ``stem[0]`` at stride 4, a stride-2 conv to ``dim`` (stride 8, + a residual block)
+    and to ``deep`` (stride 16, + a dilated residual block). Up: each block nearest-upsamples, concatenates
+    the skip of its stride and applies a conv (the stride-8 one also a residual block); `reconstruct` ends
+    in a conv to 48 channels and a pixel shuffle back to RGB. Layers: see the module docstring.
+    """
+
+    LAYERS = ("down8", "mid16", "up8", "up4")
+    LATENT = 4  # space-to-depth factor of the input
+
+    def __init__(self, dim: int, deep: int, stem: Sequence[int]) -> None:
+        super().__init__()
+        if len(stem) != 1:
+            raise ArchitectureError("unet stem is one width: the stride-4 level's")
+        (s4,) = stem
+        self.dim, self.depth, self.num_prefix_tokens = dim, len(self.LAYERS), 0
+        pixels = 3 * self.LATENT**2
+        self.inc = nn.Sequential(nn.PixelUnshuffle(self.LATENT), _conv(pixels, s4))
+        self.down8 = nn.Sequential(_conv(s4, dim, 2), ResBlock(dim, dilation=1))
+        self.mid16 = nn.Sequential(_conv(dim, deep, 2), ResBlock(deep, dilation=2))
+        self.up8 = nn.Sequential(_conv(deep + dim, dim), ResBlock(dim, dilation=1))
+        self.up4 = _conv(dim + s4, s4)
+        self.out = nn.Sequential(nn.Conv2d(s4, pixels, 3, padding=1), nn.PixelShuffle(self.LATENT))
+
+    @staticmethod
+    def _join(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], dim=1)
+
+    def _run(self, x: torch.Tensor, until: int) -> dict[str, torch.Tensor]:
+        """Maps up to layer ``until`` along the path, and the stride-4 skip ``s4``."""
+        maps = {"s4": self.inc(x)}
+        maps["down8"] = self.down8(maps["s4"])
+        if until >= 1:
+            maps["mid16"] = self.mid16(maps["down8"])
+        if until >= 2:
+            maps["up8"] = self.up8(self._join(maps["mid16"], maps["down8"]))
+        if until >= 3:
+            maps["up4"] = self.up4(self._join(maps["up8"], maps["s4"]))
+        return maps
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output (B, 3, H, W) for (noisy) normalised pixels ``x``."""
+        return self.out(self._run(x, len(self.LAYERS))["up4"])
+
+    def _on_grid(self, maps: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+        feature, grid = maps[self.LAYERS[index]], maps["down8"].shape[-2:]
+        if feature.shape[-2] < grid[0]:  # stride 16 -> 8
+            return F.interpolate(feature, size=grid, mode="nearest")
+        if feature.shape[-2] > grid[0]:  # stride 4 -> 8
+            return F.adaptive_avg_pool2d(feature, grid)
+        return feature
+
+    def feature_map(self, x: torch.Tensor, index: int = 2) -> torch.Tensor:
+        """Layer ``index``'s (B, C, h, w) map on the stride-8 grid; default the first up-block."""
+        return self._on_grid(self._run(x, index), index)
+
+    def features(self, x: torch.Tensor, indices: Sequence[int]) -> dict[int, torch.Tensor]:
+        if not indices:
+            return {}
+        maps = self._run(x, max(indices))
+        return {i: self._on_grid(maps, i).flatten(2).transpose(1, 2) for i in set(indices)}
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x, [2])[2]

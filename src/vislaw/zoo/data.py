@@ -23,12 +23,18 @@ from vislaw.data.shapes import categories
 
 @dataclass(frozen=True)
 class CaptionSet:
-    """The stage-1 training pairs: images (N, 3, S, S) uint8, captions, attribute presence (N, A) float."""
+    """The stage-1 training pairs: images (N, 3, S, S) uint8, captions, attribute presence (N, A) float.
+
+    ``objects``: (N, M, 7) float, one row per object (M = most objects in an image): centre ``cx / S``,
+    ``cy / S`` in [0, 1], then the indices of category, colour, size class and texture (in
+    `attribute_vocabulary`'s order within each field) and glyph (0/1); padding rows hold -1 everywhere.
+    """
 
     images: torch.Tensor
     captions: list[str]
     attributes: torch.Tensor
     attribute_names: list[str]
+    objects: torch.Tensor | None = None
 
 
 def attribute_vocabulary() -> list[str]:
@@ -50,17 +56,25 @@ def load_caption_set(world_dir: str | os.PathLike[str], limit: int | None = None
         raise ValueError(f"{root / 'captions' / 'train.json'}: no training pairs")
     names = attribute_vocabulary()
     column = {name: i for i, name in enumerate(names)}
+    fields = ("category", "colour", "size", "texture")
+    within = {field: {n.split("=", 1)[1]: i for i, n in enumerate(x for x in names if x.startswith(field + "="))}
+              for field in fields}
     images, labels = [], np.zeros((len(entries), len(names)), dtype=np.float32)
+    objects = np.full((len(entries), max(len(e["objects"]) for e in entries) or 1, 7), -1.0, dtype=np.float32)
     for row, entry in enumerate(entries):
         with Image.open(root / entry["image"]) as image:
             images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
-        for obj in entry["objects"]:
-            for field in ("category", "colour", "size", "texture"):
+            side = float(image.size[0])
+        for k, obj in enumerate(entry["objects"]):
+            for field in fields:
                 labels[row, column[f"{field}={obj[field]}"]] = 1.0
             if obj.get("glyph"):
                 labels[row, column["glyph=yes"]] = 1.0
+            objects[row, k] = [obj["cx"] / side, obj["cy"] / side, *(within[f][obj[f]] for f in fields),
+                               1.0 if obj.get("glyph") else 0.0]
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return CaptionSet(stacked, [e["caption"] for e in entries], torch.from_numpy(labels), names)
+    return CaptionSet(stacked, [e["caption"] for e in entries], torch.from_numpy(labels), names,
+                      torch.from_numpy(objects))
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
