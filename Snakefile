@@ -1,6 +1,7 @@
 # vislaw: the Law of Vision Representation in MLLMs as a workflow.
-# DAG of this release: the mini-world (when configured); measurements table -> AC law fit + AC policy
-# simulation -> plots -> summary.
+# DAG: data (mini-world or your files) -> per-encoder features (HDF5) -> stage-1 projector -> A and C scores
+# -> AC table -> AC policy (a checkpoint, in rounds) -> stage-2 training and evaluation of its picks
+# -> measurements -> law fit, policy simulation -> plots -> summary.
 
 
 from snakemake.utils import min_version, validate
@@ -16,6 +17,17 @@ if not workflow.overwrite_configfiles:
 
 
 validate(config, "schemas/config.schema.json")
+
+
+# Table-sized steps run where Snakemake runs, not as cluster jobs: a SLURM job costs more in queueing and
+# start-up than these take.
+localrules:
+    all,
+    ac_table,
+    policy_round,
+    measurements,
+    policy_report,
+    summary,
 
 
 include: "rules/common.smk"

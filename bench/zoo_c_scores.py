@@ -35,6 +35,8 @@ ZOO: dict[str, tuple[str, dict[str, Any], int]] = {
     "contrastive_96": ("contrastive", {}, 96),
     "selfsup": ("selfsup", {}, 96),
     "denoise": ("denoise", {}, 96),
+    "denoise_cnn": ("denoise", {"arch": {"arch": "cnn"}}, 96),
+    "denoise_vit": ("denoise", {"arch": {"arch": "vit"}}, 96),
     "supervised": ("supervised", {}, 96),
     "random_vit": ("random", {"arch": {"arch": "vit"}}, 96),
     "random_cnn": ("random", {"arch": {"arch": "cnn"}}, 96),

@@ -3,6 +3,7 @@ import json
 import re
 
 from vislaw.data.datasets import DATASETS
+from vislaw.data.prepare import DataSourceError, check_source, source_paths
 from vislaw.data.text import SKILLS
 from vislaw.encoders import EncoderConfigError, check_spec, spec_from_config
 from vislaw.law import min_points
@@ -33,6 +34,13 @@ FIT_LAW = not MEASURING or config["policy"]["train_all"]
 MEASUREMENTS_CSV = (
     f"{OUT}/measurements.csv" if MEASURING else config.get("measurements")
 )
+# Image sets each encoder's extraction covers: a 'data' source without QA benchmarks has no QA test images
+# (its evaluation is then external, e.g. lmms-eval, which reads its own benchmarks).
+IMAGE_SETS = [
+    d
+    for d in DATASETS
+    if d != "qa_test" or "data" not in config or config["data"]["qa"]
+]
 
 
 wildcard_constraints:
@@ -103,11 +111,11 @@ def check_encoders():
         raise WorkflowError(
             "config keys 'measurements' and 'encoders': give one; measured encoders make the table"
         )
-    if "world" not in config:
+    if "world" not in config and "data" not in config:
         raise WorkflowError(
-            "config key 'encoders': measuring needs a data source; add a 'world' block"
+            "config key 'encoders': measuring needs a data source; add a 'world' or a 'data' block"
         )
-    if not config["evaluation"]["command"]:
+    if not config["evaluation"]["command"] and "world" in config:
         unknown = [b for b in BENCHMARKS if b not in SKILLS]
         if unknown:
             raise WorkflowError(
@@ -142,6 +150,55 @@ def _without_zoo_weights(spec):
     return dataclasses.replace(spec, weights=weights, parts=parts)
 
 
+def check_data_source():
+    """One data source, and a 'data' block whose files exist and suit the built-in steps the config uses
+    (its records are checked by rule prepare_data)."""
+    if "world" in config and "data" in config:
+        raise WorkflowError(
+            "config keys 'world' and 'data': give one data source, not both "
+            "('world' generates the mini-world, 'data' names your own files)"
+        )
+    if "data" not in config:
+        return
+    data = config["data"]
+    try:
+        check_source(data)
+    except DataSourceError as err:
+        raise WorkflowError(str(err)) from None
+    if not MEASURING:
+        return
+    if ZOO:
+        raise WorkflowError(
+            f"config key 'encoders.{ZOO[0]}.train': the mini zoo trains on the mini-world "
+            "('world'), not on a 'data' source"
+        )
+    if not config["stage2"]["command"]:
+        if "instruct" not in data:
+            raise WorkflowError(
+                "config key 'data.instruct': the built-in stage 2 needs instruction data; "
+                "add it, or set 'stage2.command'"
+            )
+        if data["instruct"]["image_root"]:
+            raise WorkflowError(
+                "config key 'data.instruct.image_root': the built-in stage 2 reads the caption_train "
+                "features, so its conversations must use the caption images; leave image_root out, "
+                "or set 'stage2.command'"
+            )
+    missing = [b for b in BENCHMARKS if b not in data["qa"]]
+    if not config["evaluation"]["command"] and missing:
+        raise WorkflowError(
+            f"config key 'data.qa': the built-in evaluation needs test records for {missing}; "
+            "add them, or set 'evaluation.command'"
+        )
+    probe = data["captions"]
+    if not probe["probe"] and config["a_score"]["n_probe"] > probe["n_probe"]:
+        raise WorkflowError(
+            f"config key 'a_score.n_probe': {config['a_score']['n_probe']} probe pairs asked, "
+            f"but 'data.captions.n_probe' draws {probe['n_probe']}"
+        )
+
+
+check_data_source()
 check_encoders()
 
 
@@ -263,7 +320,7 @@ def summary_inputs(wildcards):
 
 
 def all_targets():
-    world = [f"{OUT}/data"] if "world" in config else []
+    world = [f"{OUT}/data"] if "world" in config or "data" in config else []
     measured = [f"{OUT}/scores/ac.csv", f"{OUT}/policy/rounds.csv"] if MEASURING else []
     law = LAW_PLOTS if FIT_LAW else []
     return world + measured + law + [f"{OUT}/summary.md"]

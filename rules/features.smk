@@ -1,16 +1,16 @@
 rule extract_features:
-    # One job per encoder writes all its caches: the model is built once for the four image sets.
+    # One job per encoder writes all its caches: the model is built once for the image sets.
     input:
         data=f"{OUT}/data",
         zoo=zoo_inputs,
     output:
-        expand(f"{OUT}/features/{{{{encoder}}}}/{{dataset}}.h5", dataset=DATASETS),
+        expand(f"{OUT}/features/{{{{encoder}}}}/{{dataset}}.h5", dataset=IMAGE_SETS),
     log:
         f"{OUT}/logs/extract_features/{{encoder}}.log",
     benchmark:
         f"{OUT}/benchmarks/extract_features/{{encoder}}.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # one torch thread per job: on a CPU two 1-thread jobs beat one oversubscribed 2-thread job
     resources:
         gpu=1,
@@ -18,8 +18,8 @@ rule extract_features:
         runtime=60,
     params:
         spec=spec_param,
-        datasets=DATASETS,
+        datasets=IMAGE_SETS,
         batch_size=config["features"]["batch_size"],
-        code=code_hash("encoders", "features", "data", "jobs"),
+        code=code_hash("encoders", "features", "loader", "data", "jobs"),
     script:
         "../workflow/scripts/extract_features.py"

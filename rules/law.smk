@@ -2,9 +2,19 @@ rule fit_law:
     input:
         measurements=MEASUREMENTS_CSV,
     output:
-        r2=f"{OUT}/law/r2.csv",
-        summary=f"{OUT}/law/summary.csv",
-        coefficients=f"{OUT}/law/coefficients.csv",
+        r2=report(
+            f"{OUT}/law/r2.csv", caption="../report/r2_table.rst", category="AC law"
+        ),
+        summary=report(
+            f"{OUT}/law/summary.csv",
+            caption="../report/r2_summary.rst",
+            category="AC law",
+        ),
+        coefficients=report(
+            f"{OUT}/law/coefficients.csv",
+            caption="../report/coefficients.rst",
+            category="AC law",
+        ),
         predictions=f"{OUT}/law/predictions.csv",
         normalisation=f"{OUT}/law/normalisation.csv",
     log:
@@ -12,7 +22,7 @@ rule fit_law:
     benchmark:
         f"{OUT}/benchmarks/fit_law.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/analysis.yaml"
     threads: 1  # a few dozen tiny least-squares fits
     resources:
         mem_mb=1000,

@@ -8,7 +8,7 @@ rule simulate_policy:
     benchmark:
         f"{OUT}/benchmarks/simulate_policy.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/analysis.yaml"
     threads: 1  # single-threaded Monte-Carlo; numpy's small lstsq gains nothing from threads
     resources:
         mem_mb=1000,

@@ -19,7 +19,7 @@ rule plot_law:
     log:
         f"{OUT}/logs/plot_law.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -44,7 +44,7 @@ rule plot_r2:
     log:
         f"{OUT}/logs/plot_r2.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -68,7 +68,7 @@ rule plot_policy:
     log:
         f"{OUT}/logs/plot_policy.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -88,7 +88,7 @@ rule summary:
     log:
         f"{OUT}/logs/summary.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -9,7 +9,7 @@ rule c_score:
     benchmark:
         f"{OUT}/benchmarks/c_score/{{encoder}}.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
@@ -28,11 +28,13 @@ rule ac_table:
         a=expand(f"{OUT}/scores/A/{{encoder}}.json", encoder=ENCODERS),
         c=expand(f"{OUT}/scores/C/{{encoder}}.json", encoder=ENCODERS),
     output:
-        f"{OUT}/scores/ac.csv",
+        report(
+            f"{OUT}/scores/ac.csv", caption="../report/ac_table.rst", category="Scores"
+        ),
     log:
         f"{OUT}/logs/ac_table.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -54,7 +56,7 @@ rule a_score:
     benchmark:
         f"{OUT}/benchmarks/a_score/{{encoder}}.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,

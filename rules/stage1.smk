@@ -8,7 +8,7 @@ rule pretrain_llm:
     benchmark:
         f"{OUT}/benchmarks/pretrain_llm.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
@@ -33,7 +33,7 @@ rule train_projector:
     benchmark:
         f"{OUT}/benchmarks/train_projector/{{encoder}}.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,

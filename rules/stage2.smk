@@ -9,7 +9,7 @@ checkpoint policy_round:
     log:
         f"{OUT}/logs/policy_round/{{round}}.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -36,7 +36,7 @@ rule train_mllm:
     benchmark:
         f"{OUT}/benchmarks/train_mllm/{{encoder}}.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
@@ -54,7 +54,10 @@ rule evaluate:
     input:
         data=f"{OUT}/data",
         mllm=f"{OUT}/mllm/{{encoder}}",
-        features=f"{OUT}/features/{{encoder}}/qa_test.h5",
+        # none when the data source has no QA test images (IMAGE_SETS): the evaluation is external then
+        features=(
+            f"{OUT}/features/{{encoder}}/qa_test.h5" if "qa_test" in IMAGE_SETS else []
+        ),
     output:
         f"{OUT}/eval/{{encoder}}/{{benchmark}}.json",
     log:
@@ -62,7 +65,7 @@ rule evaluate:
     benchmark:
         f"{OUT}/benchmarks/evaluate/{{encoder}}/{{benchmark}}.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
     resources:
         gpu=1,
@@ -85,7 +88,7 @@ rule measurements:
     log:
         f"{OUT}/logs/measurements.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -109,7 +112,7 @@ rule policy_report:
     log:
         f"{OUT}/logs/policy_report.log",
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,

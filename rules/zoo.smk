@@ -8,7 +8,7 @@ rule pretrain_encoder:
     benchmark:
         f"{OUT}/benchmarks/pretrain_encoder/{{zoo_encoder}}.tsv"
     conda:
-        "../envs/vislaw.yaml"
+        "../envs/torch.yaml"
     threads: 1  # small models: one thread each lets two trainings share the two cores efficiently
     resources:
         gpu=1,

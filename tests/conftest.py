@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,20 @@ REPO = Path(__file__).resolve().parents[1]
 # What a fresh clone needs to run the workflow (results/ and .snakemake/ stay behind).
 WORKFLOW_PARTS = ("Snakefile", "config.yaml", "rules", "schemas", "workflow", "resources", "presets", "report",
                   "envs", "profiles")
+
+
+SMOKE = "presets/smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke preset run end to end once per test session, in a fresh copy (the pipeline tests read it;
+    the SLURM test compares its own run with it)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("smoke"))
+    start = time.perf_counter()
+    snakemake(workdir, "--configfile", SMOKE)
+    print(f"smoke preset end to end: {time.perf_counter() - start:.0f} s")
+    return workdir
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tests.tiny_checkpoints import HF_FAMILIES, TIMM_VIT, build_all, hf_spec, timm_spec
+from tests.tiny_checkpoints import HF_FAMILIES, TIMM_VIT, TOWER, build_all, hf_spec, timm_spec
 
 from vislaw.encoders import (
     EncoderConfigError,
@@ -26,6 +26,7 @@ from vislaw.encoders import (
     spec_from_config,
 )
 from vislaw.encoders.concat import resampling_record
+from vislaw.encoders.hf import HFEncoder
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,137 @@ def test_hf_config_entry_loads_from_local_path(ckpt: dict[str, Path]) -> None:
     spec = spec_from_config("clip_l14", config)
     assert spec.name == "clip_l14" and spec.mean == (0.5, 0.5, 0.5)
     assert create_encoder(spec).tokens(images())[-2].shape == (2, 16, 32)
+
+
+# ---- hf fast path (vislaw.encoders.fastvit) ----------------------------------------------------------------
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+@pytest.mark.parametrize("size", [32, 48])
+def test_fast_path_equals_transformers(family: str, size: int, ckpt: dict[str, Path]) -> None:
+    """Every layer, at the native and an interpolated resolution, from [0, 1] floats and from uint8 pixels."""
+    enc = create_encoder(hf_spec(family, ckpt[family], image_size=size))
+    assert enc.fast is not None, enc.fast_reason
+    x = images(size, batch=3)
+    pixels = (x * 255).round().to(torch.uint8)
+    layers = (0, 1, -2, -1)
+    with torch.inference_mode():
+        for batch in (x, pixels):
+            fast, plain = enc.tokens(batch, layers), enc.reference_tokens(batch, layers)
+            for layer in layers:
+                torch.testing.assert_close(fast[layer], plain[layer], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(enc.tokens(pixels)[-2], enc.tokens(pixels.float() / 255)[-2], rtol=1e-5, atol=1e-5)
+
+
+def test_fast_path_folds_dinov2_layer_scale_without_qkv_bias(tmp_path: Path) -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.Dinov2Model(transformers.Dinov2Config(**TOWER, qkv_bias=False, layer_norm_eps=1e-5)).eval()
+    with torch.no_grad():
+        for layer in model.encoder.layer:  # non-trivial scales: the default init is all ones
+            layer.layer_scale1.lambda1.uniform_(0.05, 2.0)
+            layer.layer_scale2.lambda1.uniform_(0.05, 2.0)
+    enc = HFEncoder(hf_spec("dinov2", tmp_path), model).eval()
+    assert enc.fast is not None, enc.fast_reason
+    with torch.inference_mode():
+        torch.testing.assert_close(enc.tokens(images(), (0, -2))[-2], enc.reference_tokens(images(), (0, -2))[-2],
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "change", "reason"), [
+    ("clip", {"hidden_act": "relu"}, "activation 'relu'"),
+    ("dinov2", {"use_swiglu_ffn": True}, "SwiGLU"),
+])
+def test_fast_path_refuses_unknown_structure(family: str, change: dict, reason: str, tmp_path: Path) -> None:
+    """An unknown tower keeps the plain transformers forward pass (and says why on stderr)."""
+    import transformers
+
+    config_cls, model_cls, _, _ = HF_FAMILIES[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**TOWER, **change)).eval()
+    enc = HFEncoder(hf_spec(family, tmp_path), model).eval()
+    assert enc.fast is None and reason in enc.fast_reason
+    with torch.inference_mode():
+        torch.testing.assert_close(enc.tokens(images())[-2], enc.reference_tokens(images())[-2])
+
+
+def test_fast_path_stops_after_the_deepest_requested_block(ckpt: dict[str, Path]) -> None:
+    enc = create_encoder(hf_spec("clip", ckpt["clip"]))
+    inner, calls = enc.fast._block_fn, []
+    enc.fast._block_fn = lambda *args: calls.append(1) or inner(*args)
+    with torch.inference_mode():
+        enc.tokens(images())  # layer -2 of 3 blocks: blocks 0 and 1
+        assert len(calls) == 2
+        enc.tokens(images(), layers=(0,))
+        assert len(calls) == 3
+
+
+def test_attention_preference_is_checked_once_per_shape_and_falls_back(ckpt: dict[str, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's SDPA preference (cuDNN first), exercised on the CPU: same tokens; a shape's first run
+    compares block 0 with torch's default backends, and a disagreement (or a failure) means the default."""
+    from vislaw.encoders import fastvit
+
+    if not fastvit._SET_PRIORITY:
+        pytest.skip("this torch has no sdpa_kernel(set_priority=True)")
+    enc = create_encoder(hf_spec("clip", ckpt["clip"]))
+    x = images(batch=3)
+    with torch.inference_mode():
+        expected = enc.tokens(x)[-2]  # the CPU: torch's default order
+        monkeypatch.setattr(fastvit, "ATTENTION_DEVICES", ("cpu", "cuda"))
+        seen = []
+        inner = fastvit.F.scaled_dot_product_attention
+        monkeypatch.setattr(fastvit.F, "scaled_dot_product_attention",
+                            lambda *a, **k: seen.append(torch._C._get_sdp_priority_order()[0]) or inner(*a, **k))
+        torch.testing.assert_close(enc.tokens(x)[-2], expected, rtol=1e-6, atol=1e-6)
+        assert enc.fast.attention == "cudnn" and len(enc.fast._ran) == 1
+        assert int(fastvit.torch.nn.attention.SDPBackend.CUDNN_ATTENTION) in seen
+        enc.tokens(x)  # the same shape again: no second check
+        assert len(enc.fast._ran) == 1
+        monkeypatch.setattr(fastvit, "ATTENTION_AGREEMENT", -1.0)  # any difference now counts as a failure
+        with pytest.warns(UserWarning, match="torch's default SDPA backends"):
+            torch.testing.assert_close(enc.tokens(x[:2])[-2], expected[:2], rtol=1e-6, atol=1e-6)
+        assert enc.fast.attention == "default"
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_fast_path_under_bf16_autocast_is_within_rounding(family: str, ckpt: dict[str, Path]) -> None:
+    """The GPU's path (bf16 weights, autocast off inside), run on the CPU: bf16 rounding, nothing more."""
+    enc = create_encoder(hf_spec(family, ckpt[family]))
+    x = images(batch=4)
+    with torch.inference_mode():
+        full = enc.tokens(x)[-2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = enc.tokens(x)[-2]
+    assert low.dtype == torch.bfloat16
+    assert relative(low, full) < 2e-2
+
+
+def test_uint8_pixels_mean_x_over_255_for_every_kind(ckpt: dict[str, Path]) -> None:
+    pixels = (images() * 255).round().to(torch.uint8)
+    for spec in (timm_spec(ckpt["timm"]), hf_spec("clip", ckpt["clip"])):
+        enc = create_encoder(spec)
+        with torch.inference_mode():
+            torch.testing.assert_close(enc.tokens(pixels)[-2], enc.tokens(pixels.float() / 255.0)[-2],
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_fast_path_on_gpu_matches_cpu(family: str, ckpt: dict[str, Path]) -> None:
+    enc = create_encoder(hf_spec(family, ckpt[family]))
+    x = images(batch=4)
+    with torch.inference_mode():
+        cpu = enc.tokens(x)[-2]
+        enc = enc.to("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            gpu = enc.tokens(x.cuda())[-2]
+    assert relative(gpu.cpu(), cpu) < 2e-2
 
 
 # ---- timm -------------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from tests.tiny_checkpoints import build_all, hf_spec
+from vislaw import loader
 from vislaw.encoders import EncoderSpec, create_encoder, load_framed
+from vislaw.encoders.hf import HFEncoder
 from vislaw.features import (
     CacheMismatchError,
     extract_to_h5,
@@ -149,6 +151,80 @@ def test_concat_cache_records_resampling(ckpt: dict[str, Path], image_paths: lis
     tokens = read_features(tmp_path / "c.h5", ["img0", "img1"], protocol).astype(np.float32)
     assert tokens.shape == (2, 16, 64)
     np.testing.assert_allclose(np.linalg.norm(tokens, axis=-1), 1.0, atol=2e-3)
+
+
+def test_loader_threads_and_batches_do_not_change_the_cache(ckpt: dict[str, Path], image_paths: list[Path],
+                                                           tmp_path: Path) -> None:
+    """Images are framed in parallel and written by a background thread: rows must still be in order."""
+    spec = hf_spec("clip", ckpt["clip"])
+    arrays = {}
+    for batch, threads in ((4, 1), (4, 3), (2, 5)):
+        out = tmp_path / f"b{batch}_t{threads}.h5"
+        extract_to_h5(spec, image_paths, out, dataset_fingerprint="fp", batch_size=batch, device="cpu",
+                      loader_threads=threads)
+        arrays[batch, threads] = read_features(out, [f"img{i}" for i in range(6)], extraction_protocol(spec, "fp"))
+    np.testing.assert_array_equal(arrays[4, 1], arrays[4, 3])
+    np.testing.assert_allclose(arrays[2, 5].astype(np.float32), arrays[4, 1].astype(np.float32), atol=2e-3)
+    if loader.available():  # the GPU's loader (worker processes, shared memory) gives the same rows
+        for batch, workers in ((4, 2), (2, 3)):
+            out = tmp_path / f"p{batch}_w{workers}.h5"
+            extract_to_h5(spec, image_paths, out, dataset_fingerprint="fp", batch_size=batch, device="cpu",
+                          loader_threads=workers, loader_processes=True)
+            got = read_features(out, [f"img{i}" for i in range(6)], extraction_protocol(spec, "fp"))
+            np.testing.assert_array_equal(got, arrays[batch, 1] if batch == 4 else arrays[2, 5])
+
+
+@pytest.mark.skipif(not loader.available(), reason="framing worker processes need Linux")
+def test_framing_processes_equal_framed_pixels_and_name_a_broken_image(image_paths: list[Path],
+                                                                      tmp_path: Path) -> None:
+    from vislaw.encoders.frame import framed_pixels
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with loader.framing_pool(2) as pool:
+        rows = {start: pixels.copy() for start, pixels in pool.batches(image_paths, 4, 32, "pad")}
+        assert sorted(rows) == [0, 4] and rows[4].shape == (2, 3, 32, 32)
+        expected = np.stack([framed_pixels(p, 32, "pad").transpose(2, 0, 1) for p in image_paths])
+        np.testing.assert_array_equal(np.concatenate([rows[0], rows[4]]), expected)
+        with pytest.raises(RuntimeError, match="broken.png"):
+            for _ in pool.batches([image_paths[0], broken, *image_paths[1:]], 2, 48, "stretch"):
+                pass
+        assert pool.broken  # answers of that call may still be in flight: the pool is not reused
+    with loader.framing_pool(2) as fresh:  # the next call gets a new pool that works
+        assert fresh is not pool and fresh.alive()
+        (start, pixels), = list(fresh.batches(image_paths[:2], 2, 16, "pad"))
+        assert start == 0 and pixels.shape == (2, 3, 16, 16)
+
+
+def test_fast_path_cache_equals_plain_transformers_cache(cache: Path, ckpt: dict[str, Path], image_paths: list[Path],
+                                                         tmp_path: Path) -> None:
+    import transformers
+
+    spec = hf_spec("siglip", ckpt["siglip"])
+    plain = HFEncoder(spec, transformers.SiglipVisionModel.from_pretrained(ckpt["siglip"]).eval(), fast=False)
+    assert plain.fast is None
+    fast_protocol = extract_to_h5(spec, image_paths, tmp_path / "fast.h5", dataset_fingerprint="fp", device="cpu")
+    extract_to_h5(spec, image_paths, tmp_path / "plain.h5", dataset_fingerprint="fp", device="cpu", encoder=plain)
+    ids = [f"img{i}" for i in range(6)]
+    fast = read_features(tmp_path / "fast.h5", ids, fast_protocol).astype(np.float32)
+    reference = read_features(tmp_path / "plain.h5", ids, fast_protocol).astype(np.float32)
+    np.testing.assert_allclose(fast, reference, atol=2e-3, rtol=2e-3)
+    with h5py.File(tmp_path / "fast.h5", "r") as h5:
+        assert json.loads(h5.attrs["compute"]) == {"device": "cpu", "autocast": "None", "compile": None}
+
+
+def test_bf16_compute_is_within_rounding_and_recorded(cache: Path, ckpt: dict[str, Path], image_paths: list[Path],
+                                                      tmp_path: Path) -> None:
+    """The GPU's bf16 path, run on the CPU: same protocol (so the same readers), float16 storage, bf16 error."""
+    spec = hf_spec("clip", ckpt["clip"])
+    protocol = extract_to_h5(spec, image_paths, tmp_path / "bf16.h5", dataset_fingerprint="fp1", batch_size=4,
+                             device="cpu", compute_dtype=torch.bfloat16)
+    ids = [f"img{i}" for i in range(6)]
+    low = read_features(tmp_path / "bf16.h5", ids, protocol).astype(np.float32)
+    full = read_features(cache, ids, protocol).astype(np.float32)
+    assert np.linalg.norm(low - full) / np.linalg.norm(full) < 3e-2
+    with h5py.File(tmp_path / "bf16.h5", "r") as h5:
+        assert json.loads(h5.attrs["compute"])["autocast"] == "torch.bfloat16"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -184,3 +184,15 @@ def test_candidates_are_predicted_and_do_not_change_the_fit() -> None:
     candidate = with_candidate.predictions.iloc[-1]
     assert candidate["setting"] == "s9" and np.isnan(candidate["measured"])
     assert candidate["predicted"] == pytest.approx(truth[-1], abs=1e-8)
+
+
+def test_a_benchmark_where_every_setting_scored_the_same_has_no_fit_but_does_not_stop_the_others(capsys) -> None:
+    a, c = np.linspace(0, 1, 9), np.linspace(1, 0, 9) ** 2
+    table = _table(a, c, {"flat": np.full(9, 37.5), "varied": 1 + a + c})
+    result = fit_law(table, ["AC_linear"], "AC_linear", seed=0)
+    rows = result.r2.set_index("benchmark")
+    assert np.isnan(rows.loc["flat", "r2"]) and rows.loc["varied", "r2"] == pytest.approx(1.0)
+    assert result.predictions.query("benchmark == 'flat'")["predicted"].eq(37.5).all()
+    assert "benchmark 'flat': every scored setting has 37.5; nothing to fit" in capsys.readouterr().err
+    summary = summarize(result.r2, {"flat": "vision", "varied": "vision"}).set_index("group")
+    assert summary.loc["vision", "mean_r2"] == pytest.approx(1.0)  # pandas' mean skips the NaN

@@ -13,6 +13,7 @@ from vislaw.scores.correspondence import (
     PairBatch,
     evaluate_pairs,
     patch_index,
+    predict_keypoints,
     window_soft_argmax,
 )
 
@@ -140,3 +141,58 @@ def test_batching_does_not_change_results() -> None:
     pieces = evaluate_pairs(features, grid, pairs, CorrespondenceProtocol(), batch_size=3)
     for alpha in (0.10, 0.05, 0.01):
         np.testing.assert_array_equal(whole.correct[alpha], pieces.correct[alpha])
+
+
+def random_pairs(rng: np.random.Generator, n_images: int, n_pairs: int, width: int = 6) -> PairBatch:
+    counts = rng.integers(1, width + 1, n_pairs)
+    mask = np.arange(width)[None, :] < counts[:, None]
+    corner = rng.uniform(0, 500, (n_pairs, 2))
+    return PairBatch(src_index=rng.integers(0, n_images, n_pairs), trg_index=rng.integers(0, n_images, n_pairs),
+                     src_kps=rng.uniform(0, FRAME, (n_pairs, width, 2)),
+                     trg_kps=rng.uniform(0, FRAME, (n_pairs, width, 2)),
+                     kp_mask=mask, trg_bbox=np.concatenate([corner, corner + rng.uniform(50, 340, (n_pairs, 2))], 1),
+                     categories=[("cat", "dog", "bus")[i] for i in rng.integers(0, 3, n_pairs)],
+                     kp_ids=np.where(mask, rng.integers(0, 4, (n_pairs, width)), -1))
+
+
+def test_predictions_match_a_float64_reference_from_float16_features() -> None:
+    """Gathered tokens are normalised in float32 whatever the storage dtype: float16 caches score like float64."""
+    grid = (6, 6)
+    rng = np.random.default_rng(7)
+    stored = rng.normal(size=(5, 36, 24)).astype(np.float16)
+    pairs = random_pairs(rng, 5, 12)
+    protocol = CorrespondenceProtocol()
+    predicted = predict_keypoints(torch.from_numpy(stored), grid, torch.as_tensor(pairs.src_index),
+                                  torch.as_tensor(pairs.trg_index), torch.as_tensor(pairs.src_kps, dtype=torch.float32),
+                                  protocol)
+    unit = torch.from_numpy(stored.astype(np.float64))
+    unit = unit / unit.norm(dim=-1, keepdim=True)
+    cells = patch_index(torch.as_tensor(pairs.src_kps), grid, FRAME)
+    src = unit[torch.as_tensor(pairs.src_index)].gather(1, cells.unsqueeze(-1).expand(-1, -1, 24))
+    similarity = torch.einsum("pkd,pnd->pkn", src, unit[torch.as_tensor(pairs.trg_index)])
+    expected = window_soft_argmax(similarity, grid, protocol.window, protocol.temperature, FRAME)
+    np.testing.assert_allclose(predicted.double().numpy(), expected.numpy(), atol=1e-3)
+
+
+def test_per_keypoint_id_equals_masked_means() -> None:
+    rng = np.random.default_rng(11)
+    pairs = random_pairs(rng, 8, 60)
+    result = evaluate_pairs(torch.from_numpy(rng.normal(size=(8, 64, 16)).astype(np.float32)), (8, 8), pairs,
+                            CorrespondenceProtocol())
+    cats = np.repeat(np.asarray(result.categories)[:, None], result.kp_mask.shape[1], axis=1)
+    expected = {}
+    for cat, kp in sorted({(c, int(k)) for c, k in zip(cats[result.kp_mask], result.kp_ids[result.kp_mask])}):
+        selected = result.kp_mask & (cats == cat) & (result.kp_ids == kp)
+        expected[f"{cat}/{kp}"] = 100.0 * float(result.correct[0.10][selected].mean())
+    assert result.per_keypoint_id(0.10) == expected and list(result.per_keypoint_id(0.10)) == list(expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_scores_equal_cpu_scores() -> None:
+    rng = np.random.default_rng(13)
+    features = torch.from_numpy(rng.normal(size=(20, 64, 32)).astype(np.float16))
+    pairs = random_pairs(rng, 20, 200)
+    cpu = evaluate_pairs(features, (8, 8), pairs, CorrespondenceProtocol())
+    gpu = evaluate_pairs(features.cuda(), (8, 8), pairs, CorrespondenceProtocol())
+    for alpha in (0.10, 0.05, 0.01):
+        np.testing.assert_array_equal(gpu.correct[alpha], cpu.correct[alpha])

@@ -105,3 +105,44 @@ def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path)
     print(f"stage-2 accuracy {accuracy:.3f}")
     assert accuracy > 0.5, accuracy  # chance is 0.25
     assert all(len(s) == 4 and all(math.isfinite(v) for v in s) for s in scores)
+
+
+def test_logits_only_from_the_first_scored_position_give_the_same_losses_and_gradients() -> None:
+    """`sequence_logliks` asks the LM for logits from the first scored token on (``logits_to_keep``): its
+    values and the projector's gradients equal those from the logits at every position."""
+    import transformers
+
+    from vislaw.scores.alignment import token_logliks
+    from vislaw.train import Projector, TextPart, build_batch, sequence_logliks, tokenize_parts
+
+    torch.manual_seed(0)
+    llm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=64)).eval().requires_grad_(False)
+    tokenizer = train_tokenizer(CORPUS, 300)
+    features = torch.randn(3, 4, 12)
+    # unscored prompts of different lengths before the scored answers: rows start scoring at different places
+    texts = [tokenize_parts(tokenizer, [TextPart(q, False), TextPart(a, True)]) for q, a in
+             [("what colour?", "red"), ("is the small circle on the left of a square?", "yes it is"), ("", "blue")]]
+
+    projector = Projector(12, 32)
+    fast = sequence_logliks(llm, projector, features, texts, tokenizer)
+    fast.sum().backward()
+    grads_fast = [p.grad.clone() for p in projector.parameters()]
+    projector.zero_grad()
+    embeds, labels, scored, attention = build_batch(llm, projector, features, texts, tokenizer)
+    full = token_logliks(llm(inputs_embeds=embeds, attention_mask=attention).logits, labels, scored)
+    full.sum().backward()
+    grads_full = [p.grad.clone() for p in projector.parameters()]
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_fast, grads_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    calls = []
+    handle = llm.lm_head.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[1]))
+    try:
+        sequence_logliks(llm, Projector(12, 32), features, texts, tokenizer)
+    finally:
+        handle.remove()
+    width = 1 + 4 + max(len(ids) for ids, _ in texts)
+    first = min(flags.index(True) for _, flags in texts)
+    assert calls == [width - (1 + 4 + first) + 1] and calls[0] < width  # the LM head saw only the kept positions

@@ -133,14 +133,26 @@ def test_config_typos_fail_validation(v3_run: Path) -> None:
 LAW_AND_POLICY = {"fit_law": 1, "simulate_policy": 1, "plot_law": 1, "plot_r2": 1, "plot_policy": 1, "summary": 1}
 
 
+MEASURING = {"make_world": 1, "pretrain_llm": 1, "ac_table": 1, "policy_round": 1, "measurements": 1,
+             "policy_report": 1}
+
+
 @pytest.mark.parametrize(
-    ("preset", "extra"),
-    [("presets/paper-v1.yaml", {}), (None, {"make_world": 1}), ("presets/smoke.yaml", {"make_world": 1})],
+    ("preset", "expected"),
+    [
+        ("presets/paper-v1.yaml", LAW_AND_POLICY),
+        # the default run, before the policy's first round: 7 zoo trainings, 8 settings (one concat)
+        (None, {**LAW_AND_POLICY, **MEASURING, "pretrain_encoder": 7, "extract_features": 8, "c_score": 8,
+                "train_projector": 8, "a_score": 8}),
+        # the smoke run has a training budget: the policy's own fit is its law
+        ("presets/smoke.yaml", {**MEASURING, "summary": 1, "pretrain_encoder": 3, "extract_features": 4,
+                                "c_score": 4, "train_projector": 4, "a_score": 4}),
+    ],
 )
-def test_other_configs_plan_the_whole_dag(tmp_path: Path, preset: str | None, extra: dict) -> None:
+def test_configs_plan_their_dag(tmp_path: Path, preset: str | None, expected: dict) -> None:
     workdir = copy_workflow(tmp_path)
     args = ["--configfile", preset] if preset else []
-    assert planned_rules(workdir, *args) == {**LAW_AND_POLICY, **extra}
+    assert planned_rules(workdir, *args) == expected
 
 
 def test_smoke_world_rule_writes_the_world_and_reruns_only_on_world_changes(tmp_path: Path) -> None:
@@ -149,7 +161,7 @@ def test_smoke_world_rule_writes_the_world_and_reruns_only_on_world_changes(tmp_
     snakemake(workdir, "results/smoke/data", "--configfile", smoke)
     data = workdir / "results/smoke/data"
     manifest = json.loads((data / "manifest.json").read_text())
-    assert manifest["params"]["image_size"] == 64 and manifest["counts"]["caption_train"] == 64
+    assert manifest["params"]["image_size"] == 64 and manifest["counts"]["caption_train"] == 128
     assert (data / "spair/PairAnnotation/test").is_dir() and (data / "pairs_grid.png").is_file()
     seconds = float((workdir / "results/smoke/benchmarks/make_world.tsv").read_text().splitlines()[1].split()[0])
     assert seconds > 0
@@ -158,3 +170,14 @@ def test_smoke_world_rule_writes_the_world_and_reruns_only_on_world_changes(tmp_
     config["world"]["seed"] = 1
     (workdir / "presets/seed1.yaml").write_text(yaml.safe_dump(config))
     assert planned_rules(workdir, "results/smoke/data", "--configfile", "presets/seed1.yaml") == {"make_world": 1}
+
+
+def test_report_html_holds_the_plots_and_the_summary(v3_run: Path) -> None:
+    snakemake(v3_run, "--configfile", V3, "--report", "report.html")
+    html = (v3_run / "report.html").read_text(encoding="utf-8")
+    # Snakemake embeds each report() output with its caption and category in one self-contained file.
+    for name in ("law_fit.png", "law_surface.png", "r2_comparison.png", "policy_recall.png", "summary.md"):
+        assert name in html, name
+    for category in ("AC law", "AC policy", "Summary"):
+        assert category in html, category
+

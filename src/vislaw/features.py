@@ -3,23 +3,30 @@
 Layout of ``results/.../features/{encoder}/{dataset}.h5``:
 - ``tokens``: float16, (images, grid_h * grid_w, channels), patch tokens in row-major grid order (plus the
   prefix tokens first if the spec keeps them: attribute ``num_prefix_tokens``), chunked one image per chunk
-  so a reader of a few images touches only their chunks. Kept flat (not (h, w, C)) because every consumer
+  so a reader of a few images touches only their chunks. The chunks are allocated when the dataset is
+  created (no fill values written) and the extraction writes their bytes with ``os.pwrite`` at the offsets
+  HDF5 gave them, outside the GIL (h5py holds it through every write), falling back to h5py writes where
+  h5py cannot list chunk offsets (``DatasetID.chunk_iter``, h5py 3.8 with HDF5 1.12.3 or later). Kept flat (not (h, w, C)) because every consumer
   (cosine matching for C, token sets for A-v1) works on token lists; ``reshape(-1, h, w, C)`` recovers the grid.
 - ``image_ids``: UTF-8 strings, row i of ``tokens`` is ``image_ids[i]``.
 - attributes: ``protocol`` (JSON: spec, resolution, layer, grid, preprocessing, dtype, layout, dataset
   fingerprint, vislaw version), ``protocol_hash`` (SHA-256 of it), ``spec`` (JSON, with the config key),
-  ``dataset_fingerprint``, ``library_versions`` (JSON) and ``compute`` (device, autocast dtype: recorded,
-  not part of the protocol). The file is written to a temporary sibling and renamed, so a killed
-  extraction leaves no output. `open_cache` refuses a file whose protocol differs from the expected one.
+  ``dataset_fingerprint``, ``library_versions`` (JSON) and ``compute`` (device, autocast dtype, compile
+  mode: recorded, not part of the protocol, since they change speed and rounding, not the function). The
+  file is written to a temporary sibling and renamed, so a killed extraction leaves no output.
+  `open_cache` refuses a file whose protocol differs from the expected one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
+import queue
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,13 +39,20 @@ import torch
 from tqdm import tqdm
 
 import vislaw
-from vislaw.encoders import Encoder, EncoderSpec, create_encoder, load_framed
+from vislaw import loader
+from vislaw.encoders import Encoder, EncoderSpec, create_encoder
 from vislaw.encoders.concat import resampling_record
-from vislaw.encoders.frame import preprocessing_record
+from vislaw.encoders.frame import framed_pixels, preprocessing_record
 from vislaw.io import atomic_path
 
 STORAGE_DTYPE = "float16"
+STORAGE_DTYPE_TORCH = torch.float16
 LAYOUT = "tokens[image, grid_h*grid_w (row-major), channel]"
+# extract_to_h5(compile_mode="auto") compiles on a GPU from this many images on. Run 1 (H200): compiling
+# took 1-4 s per shape and saved 22-87 us per image (CLIP@336 1,238 -> 1,388 img/s, DINOv2@224 2,861 ->
+# 3,050, SigLIP@256 2,974 -> 3,338): it pays from ~30,000-50,000 images (SPair's ~1,800 never), more where
+# a fresh machine compiles its Triton kernels cold.
+COMPILE_MIN_IMAGES = 50_000
 
 
 class CacheMismatchError(RuntimeError):
@@ -86,16 +100,32 @@ def extract_to_h5(
     dataset_fingerprint: str | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    loader_threads: int = 4,
+    loader_threads: int | None = None,
     encoder: Encoder | None = None,
+    compile_mode: str | None = "auto",
+    compute_dtype: torch.dtype | None = None,
+    loader_processes: bool | None = None,
 ) -> dict[str, Any]:
     """Extract ``spec``'s tokens for every image into ``out_path``; returns the recorded protocol.
 
     image_ids default to the file stems; dataset_fingerprint defaults to `fingerprint_files`. device: None
-    picks CUDA when available. On GPU the forward pass runs under bf16 (fp16 where bf16 is unsupported)
-    autocast; on CPU in float32. Storage is float16 either way. ``loader_threads`` decode and frame the
-    next batches while the current one runs (image decoding, not the model, limits small models on GPU).
-    ``encoder``: an already built encoder of this very spec, to reuse it across datasets.
+    picks CUDA when available. On GPU the forward pass runs in bf16 (fp16 where bf16 is unsupported): under
+    autocast, which the fast transformers path turns into bf16 weights and no autocast; on CPU in float32.
+    Storage is float16 either way, converted on the device. ``compute_dtype`` overrides that choice
+    (``torch.float32`` on a GPU computes the CPU's numbers, for checking; it is not part of the protocol).
+
+    The model never waits on the disk or the decoder: ``loader_threads`` workers decode and frame single
+    images into uint8 batches (pinned memory on a GPU) ahead of the model, and a writer thread copies
+    tokens back (asynchronously, through pinned memory) and writes them to HDF5 outside the GIL. The
+    workers are processes (`vislaw.loader`; default on a GPU, on Linux) or threads (default on a CPU, where
+    the model is slower than any loader): ``loader_processes`` chooses. Default count: processes, the
+    usable CPUs less two (at most 16); threads, the CPU count (at most 16).
+    ``encoder``: an already built encoder of this very spec, to reuse it across datasets. ``compile_mode``:
+    ``torch.compile`` the encoder's blocks on a GPU (``"default"`` or a torch.compile mode such as
+    ``"max-autotune-no-cudagraphs"``) where its kind supports it; ``"auto"`` (the default) is ``"default"``
+    on a GPU from `COMPILE_MIN_IMAGES` images on (compiling costs seconds once per shape, and pays on large
+    image sets only), else nothing; None never compiles. The choice changes speed and rounding, not the
+    function: it is recorded in the ``compute`` attribute, not in the protocol.
     """
     spec = _as_spec(spec)
     paths = [Path(p) for p in image_paths]
@@ -109,44 +139,166 @@ def extract_to_h5(
     fingerprint = dataset_fingerprint if dataset_fingerprint is not None else fingerprint_files(paths, ids)
     protocol = extraction_protocol(spec, fingerprint)
     torch_device = torch.device(device) if device is not None else _default_device()
-    autocast_dtype = _autocast_dtype(torch_device)
+    autocast_dtype = _autocast_dtype(torch_device) if compute_dtype is None else (
+        None if compute_dtype == torch.float32 else compute_dtype)
+    processes = (torch_device.type == "cuda" and loader.available()) if loader_processes is None else loader_processes
+    if loader_threads is not None:
+        threads = loader_threads
+    else:
+        threads = loader.default_workers() if processes else min(16, os.cpu_count() or 1)
+    if compile_mode == "auto":
+        compile_mode = "default" if torch_device.type == "cuda" and len(paths) >= COMPILE_MIN_IMAGES else None
 
     if encoder is None:
         encoder = create_encoder(spec)
     elif encoder.spec != spec:
         raise ValueError(f"{spec.key('kind')}: the encoder passed in was built from another spec")
     encoder = encoder.to(torch_device)
+    if compile_mode is not None and torch_device.type == "cuda":
+        encoder.compile_blocks(None if compile_mode == "default" else compile_mode)
+    pin = torch_device.type == "cuda"
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        tokens_ds = None
         bar = tqdm(total=len(paths), desc=f"extract {spec.name or spec.kind}", unit="img", file=sys.stderr)
-        with bar, torch.inference_mode():
-            batches = _framed_batches(paths, batch_size, spec.image_size, spec.frame, loader_threads)
-            for start, batch in zip(range(0, len(paths), batch_size), batches, strict=True):
+        with bar, torch.inference_mode(), _TokenWriter(h5, len(paths), bar) as writer:
+            for start, batch in _framed_batches(paths, batch_size, spec.image_size, spec.frame, threads, pin,
+                                                processes):
                 batch = batch.to(torch_device, non_blocking=True)
                 with _autocast(torch_device, autocast_dtype):
                     tokens = encoder.tokens(batch)[spec.layer]
-                array = tokens.float().cpu().numpy().astype(STORAGE_DTYPE)
-                if tokens_ds is None:
-                    # Shape known only after the first batch (channels, prefix count): create lazily.
-                    tokens_ds = h5.create_dataset(
-                        "tokens", shape=(len(paths), *array.shape[1:]), dtype=STORAGE_DTYPE,
-                        chunks=(1, *array.shape[1:]),
-                    )
-                tokens_ds[start : start + len(array)] = array
-                bar.update(len(array))
+                writer.put(start, tokens.to(STORAGE_DTYPE_TORCH))
+        fast = getattr(encoder, "fast", None)  # the fused ViT path of kind hf (None elsewhere)
+        compute = {"device": torch_device.type, "autocast": str(autocast_dtype),
+                   "compile": getattr(fast, "compiled", None) if torch_device.type == "cuda" else None}
+        if torch_device.type == "cuda" and fast is not None:
+            compute["attention"] = fast.attention  # SDPA preference as run: "cudnn" first, or torch's "default"
         h5.attrs.update({
             "protocol": _canonical(protocol),
             "protocol_hash": protocol_hash(protocol),
             "spec": json.dumps(spec.to_dict(), sort_keys=True),
             "dataset_fingerprint": fingerprint,
             "library_versions": json.dumps(library_versions(), sort_keys=True),
-            "compute": json.dumps({"device": torch_device.type, "autocast": str(autocast_dtype)}),
+            "compute": json.dumps(compute),
             "num_prefix_tokens": 0 if spec.drop_prefix else int(encoder.num_prefix_tokens),
             "grid_h": protocol["grid"][0],
             "grid_w": protocol["grid"][1],
         })
     return protocol
+
+
+class _TokenWriter:
+    """Writes token batches into the cache's ``tokens`` from a background thread.
+
+    `put` starts the copy of a device tensor into pinned host memory and queues it with a CUDA event; the
+    thread waits for the event, then writes. The main thread thus never synchronises with the GPU, which
+    keeps running the next batches; the bounded queue is the only back-pressure.
+
+    Writes go around h5py: ``tokens`` is created with its chunks allocated up front (no fill values), and
+    each batch's bytes are written with ``os.pwrite`` at its chunks' file offsets (one call per run of
+    consecutive chunks). h5py holds the GIL through a whole write (~1.2 MB per CLIP@336 image, ~1.5 GB/s
+    at 1,300 img/s), which stalled the thread launching the model's kernels and the framing threads;
+    ``os.pwrite`` releases it. Where the offsets cannot be listed, h5py writes as before.
+    """
+
+    def __init__(self, h5: h5py.File, rows: int, bar: tqdm, depth: int = 4) -> None:
+        self.h5, self.rows, self.bar = h5, rows, bar
+        self.dataset: h5py.Dataset | None = None
+        self.offsets: np.ndarray | None = None  # file offset of each row's chunk (raw writes), else None
+        self.row_bytes = 0
+        self.fd = -1
+        self.queue: queue.Queue[tuple[int, torch.Tensor, torch.cuda.Event | None] | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="vislaw-h5-writer", daemon=True)
+
+    def __enter__(self) -> _TokenWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None and self.error is None:
+            self.error = RuntimeError("extraction failed")  # the writer drains the queue without writing
+        self.queue.put(None)
+        self.thread.join()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if exc_type is None and self.error is not None:
+            raise self.error
+
+    def _create(self, shape: tuple[int, ...]) -> None:
+        """``tokens`` of (rows, *shape), one image per chunk, all chunks allocated now, none filled."""
+        dtype = np.dtype(STORAGE_DTYPE)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((1, *shape))
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        space = h5py.h5s.create_simple((self.rows, *shape))
+        dsid = h5py.h5d.create(self.h5.id, b"tokens", h5py.h5t.py_create(dtype), space, dcpl=dcpl)
+        self.dataset = h5py.Dataset(dsid)
+        self.row_bytes = int(np.prod(shape)) * dtype.itemsize
+        self.offsets = _chunk_offsets(dsid, self.rows, self.row_bytes)
+        if self.offsets is not None:
+            self.fd = os.open(self.h5.filename, os.O_WRONLY)
+
+    def put(self, start: int, tokens: torch.Tensor) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.dataset is None:
+            # Shape known only after the first batch (channels, prefix count).
+            self._create(tuple(tokens.shape[1:]))
+        event = None
+        if tokens.device.type == "cuda":
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            tokens = host
+        self.queue.put((start, tokens, event))
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            start, tokens, event = item
+            try:
+                if event is not None:
+                    event.synchronize()
+                array = np.ascontiguousarray(tokens.numpy())
+                if self.offsets is None:
+                    self.dataset[start : start + len(array)] = array
+                else:
+                    self._pwrite(start, array)
+                self.bar.update(len(array))
+            except BaseException as err:  # re-raised in the main thread
+                self.error = err
+
+    def _pwrite(self, start: int, array: np.ndarray) -> None:
+        assert self.offsets is not None
+        offsets = self.offsets[start : start + len(array)]
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        breaks = np.flatnonzero(np.diff(offsets) != self.row_bytes) + 1  # runs of consecutive chunks
+        for first, stop in zip([0, *breaks.tolist()], [*breaks.tolist(), len(array)]):
+            view, at = data[first * self.row_bytes : stop * self.row_bytes], int(offsets[first])
+            while view:
+                written = os.pwrite(self.fd, view, at)
+                view, at = view[written:], at + written
+
+
+def _chunk_offsets(dsid: h5py.h5d.DatasetID, rows: int, row_bytes: int) -> np.ndarray | None:
+    """File offset of each row's (unfiltered, allocated) chunk, or None where h5py cannot list them."""
+    if not hasattr(dsid, "chunk_iter") or sys.byteorder != "little":  # float16 bytes as stored: little-endian
+        return None
+    offsets = np.full(rows, -1, dtype=np.int64)
+
+    def visit(info: Any) -> None:
+        if info.size == row_bytes and info.filter_mask == 0 and info.byte_offset is not None:
+            offsets[info.chunk_offset[0]] = info.byte_offset
+
+    try:
+        dsid.chunk_iter(visit)
+    except Exception:  # noqa: BLE001 (an HDF5 too old for H5Dchunk_iter: h5py writes instead)
+        return None
+    return offsets if (offsets >= 0).all() else None
 
 
 class FeatureCache:
@@ -175,8 +327,14 @@ class FeatureCache:
         if rows.size == 0:
             return np.empty((0, *self.h5["tokens"].shape[1:]), dtype=STORAGE_DTYPE)
         # h5py fancy indexing needs unique increasing rows: read those once, then put them in request order.
+        # A run of consecutive rows (a whole cache, typically) is read as one slice, which is far faster.
         unique, inverse = np.unique(rows, return_inverse=True)
-        return self.h5["tokens"][unique][inverse]
+        tokens = self.h5["tokens"]
+        if unique[-1] - unique[0] + 1 == len(unique):
+            block = tokens[int(unique[0]) : int(unique[-1]) + 1]
+        else:
+            block = tokens[unique]
+        return block if np.array_equal(inverse, np.arange(len(rows))) else block[inverse]
 
 
 @contextlib.contextmanager
@@ -201,17 +359,52 @@ def read_features(path: str | os.PathLike[str], image_ids: Sequence[str], expect
         return cache.read(image_ids)
 
 
-def _framed_batches(paths: Sequence[Path], batch_size: int, size: int, mode: str, threads: int) -> Iterator[torch.Tensor]:
-    """Framed batches in order, up to ``threads`` of them loading ahead in a thread pool."""
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending: deque[Future[torch.Tensor]] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(load_framed, chunk, size, mode))
-            if len(pending) > threads:
-                yield pending.popleft().result()
+def _framed_batches(paths: Sequence[Path], batch_size: int, size: int, mode: str, threads: int,
+                    pin: bool, processes: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, uint8 batch (B, 3, size, size)) in order, framed by ``threads`` workers ahead of use.
+
+    Work is handed out per image, not per batch, so the first batch is ready after one image's time times
+    batch / workers, and every worker stays busy. ``processes``: the workers are `vislaw.loader` processes
+    (the batch is copied out of their shared ring); else threads (PIL decodes and resizes without the GIL,
+    but the Python between its calls takes it). ``pin``: batches in pinned memory, so their copy to the
+    GPU is asynchronous.
+    """
+    if processes:
+        with loader.framing_pool(max(1, threads)) as pool:
+            for start, pixels in pool.batches(paths, batch_size, size, mode):
+                batch = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=pin)
+                np.copyto(batch.numpy(), pixels)  # out of the ring (numpy releases the GIL for the copy)
+                yield start, batch
+        return
+    starts = iter(range(0, len(paths), batch_size))
+    ahead = max(2, -(-2 * threads // batch_size))  # batches in flight: enough images for every thread twice
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="vislaw-frame")
+    pending: deque[tuple[int, torch.Tensor, list[Future[None]]]] = deque()
+
+    def submit(start: int) -> None:
+        chunk = paths[start : start + batch_size]
+        batch = torch.empty((len(chunk), 3, size, size), dtype=torch.uint8, pin_memory=pin)
+        pixels = batch.numpy()  # threads write through numpy: no torch state (inference mode) per thread
+        pending.append((start, batch, [pool.submit(_frame_into, pixels, i, path, size, mode)
+                                       for i, path in enumerate(chunk)]))
+
+    try:
+        for start in itertools.islice(starts, ahead):
+            submit(start)
         while pending:
-            yield pending.popleft().result()
+            start, batch, futures = pending.popleft()
+            for future in futures:
+                future.result()
+            following = next(starts, None)
+            if following is not None:
+                submit(following)
+            yield start, batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _frame_into(batch: np.ndarray, row: int, path: Path, size: int, mode: str) -> None:
+    np.copyto(batch[row], framed_pixels(path, size, mode).transpose(2, 0, 1))
 
 
 def library_versions() -> dict[str, str]:

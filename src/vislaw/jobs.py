@@ -52,10 +52,14 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
         images = image_set(data_dir, dataset)
         print(f"{dataset}: {len(images.ids)} images", file=sys.stderr)
         # decoding threads beside the model: as many as the job's torch threads, so a CPU job stays in
-        # its share of the cores; on a GPU the decoders feed the device.
-        loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else 4
+        # its share of the cores; on a GPU the library's default (worker processes on the usable CPUs
+        # less two) feeds the device. VISLAW_COMPILE: torch.compile mode on a GPU ("auto": from
+        # features.COMPILE_MIN_IMAGES images on; "off": never).
+        loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else None
+        compile_mode = os.environ.get("VISLAW_COMPILE", "auto")
         extract_to_h5(dict(spec), images.paths, out_h5, image_ids=images.ids, batch_size=batch_size,
-                      device=device, encoder=encoder, loader_threads=loaders)
+                      device=device, encoder=encoder, loader_threads=loaders,
+                      compile_mode=None if compile_mode in ("", "off", "none", "0") else compile_mode)
 
 
 def expected_protocol(spec: Mapping[str, Any], data_dir: str, dataset: str) -> dict[str, Any]:
@@ -149,6 +153,15 @@ def _cached_tokens(spec: Mapping[str, Any], data_dir: str, dataset: str, feature
     return torch.from_numpy(read_features(features_h5, image_ids, expected_protocol(spec, data_dir, dataset)))
 
 
+def command_fields(spec: Mapping[str, Any]) -> dict[str, str]:
+    """Template fields that name the encoder in external commands: ``$encoder`` (its config key) and
+    ``$vision_tower`` (its weights; for a concatenation its parts' weights joined by '+', since a
+    concatenation has no weights of its own)."""
+    parts = spec.get("parts") or []
+    tower = spec.get("weights") or "+".join(str(part.get("weights") or "") for part in parts)
+    return {"encoder": str(spec.get("name") or ""), "vision_tower": tower}
+
+
 def run_external(command: str, log_path: str | None = None) -> None:
     """Run a user's command (a shell line); its output goes to this job's log, and failure fails the job."""
     import subprocess
@@ -184,7 +197,7 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
         with tempfile.TemporaryDirectory(dir=Path(out_pt).parent) as work:
             line = string.Template(command).substitute(
                 weights=spec.get("weights") or "", image_size=spec["image_size"], output_dir=work,
-                data_dir=data_dir, llm=llm_dir)
+                data_dir=data_dir, llm=llm_dir, **command_fields(spec))
             run_external(line)
             produced = Path(work) / "mm_projector.bin"
             if not produced.is_file():
@@ -261,10 +274,19 @@ def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_p
 
     command = settings.get("command")
     if command:
-        line = string.Template(command).substitute(
-            weights=spec.get("weights") or "", image_size=spec["image_size"], output_dir=out_dir,
-            data_dir=data_dir, llm=llm_dir, projector=projector_pt)
-        run_external(line)
+        from vislaw.train import projector_to_llava
+
+        with tempfile_dir(Path(out_dir).parent) as work:
+            # LLaVA's finetune script starts from an mm_projector.bin (--pretrain_mm_mlp_adapter), not from
+            # vislaw's projector file: hand it the same weights in LLaVA's format when the command asks.
+            llava_projector = str(Path(work) / "mm_projector.bin")
+            if "llava_projector" in command:
+                projector_to_llava(projector_pt, llava_projector)
+            line = string.Template(command).substitute(
+                weights=spec.get("weights") or "", image_size=spec["image_size"], output_dir=out_dir,
+                data_dir=data_dir, llm=llm_dir, projector=projector_pt, llava_projector=llava_projector,
+                **command_fields(spec))
+            run_external(line)
         if not Path(out_dir).is_dir() or not any(Path(out_dir).iterdir()):
             raise FileNotFoundError(f"stage2.command: wrote nothing to its output_dir {out_dir}")
         return
@@ -294,9 +316,13 @@ def evaluate(spec: Mapping[str, Any], data_dir: str, mllm_dir: str, features_h5:
     command = settings.get("command")
     if command:
         with tempfile_dir(Path(out_json).parent) as work:
-            line = string.Template(command).substitute(model=mllm_dir, task=benchmark, output_dir=work)
+            line = string.Template(command).substitute(model=mllm_dir, task=benchmark, output_dir=work,
+                                                       encoder=command_fields(spec)["encoder"])
             run_external(line)
-            record = parse_external_result(work, benchmark, settings.get("metric"))
+            metric = settings.get("metric")
+            if isinstance(metric, Mapping):  # one metric per benchmark (lmms-eval tasks report different ones)
+                metric = metric.get(benchmark)
+            record = parse_external_result(work, benchmark, metric)
     else:
         from vislaw.data.datasets import qa_test_records
         from vislaw.train import generate_answers, load_mllm, score_options

@@ -14,14 +14,13 @@ under affine maps of A and C.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy.stats import spearmanr
 
 from vislaw.measurements import Measurements, check_enough_scored
 
@@ -125,6 +124,10 @@ def fit_features(benchmark: str, features: str, a: np.ndarray, c: np.ndarray, y:
     """
     terms = FEATURE_SETS[features]
     x = design_matrix(a, c, terms)
+    # Imported here: the Snakefile imports this module to plan the DAG, and statsmodels costs seconds.
+    import statsmodels.api as sm
+    from scipy.stats import spearmanr
+
     result = sm.OLS(y, x).fit(method="pinv")
     params = np.asarray(result.params, dtype=float)
     if result.df_resid > 0:
@@ -177,6 +180,18 @@ def fit_law(
     for benchmark in measurements.benchmarks:
         scored = measurements.scored(benchmark)
         a_all, c_all, y_all = measurements.a[benchmark], measurements.c, measurements.scores[benchmark]
+        if np.ptp(y_all[scored]) == 0:
+            # Every setting scored the same (a saturated or untrained benchmark): there is no law to fit.
+            # Reported as NaN fits and said in the log, so the other benchmarks' fits still stand.
+            value = float(y_all[scored][0])
+            print(f"law: benchmark '{benchmark}': every scored setting has {value}; nothing to fit (NaN R^2)",
+                  file=sys.stderr)
+            r2_rows.extend((benchmark, f, np.nan, np.nan, np.nan) for f in feature_sets)
+            coef_rows.extend((benchmark, f, t, np.nan, np.nan) for f in feature_sets for t in FEATURE_SETS[f])
+            pred_rows.extend((st, benchmark, value, float(m)) for st, m in zip(measurements.settings, y_all))
+            norm_rows.extend((benchmark, q, float(v.min()), float(v.max()))
+                             for q, v in (("A", a_all[scored]), ("C", c_all[scored]), ("score", y_all[scored])))
+            continue
         try:
             a, c, y = minmax(a_all[scored]), minmax(c_all[scored]), minmax(y_all[scored])
         except ValueError as err:

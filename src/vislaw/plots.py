@@ -87,6 +87,11 @@ def plot_law_surfaces(
     for ax, benchmark in zip(axes, benchmarks):
         coef = coefficients[(coefficients["benchmark"] == benchmark) & (coefficients["features"] == features)]
         norm = normalisation[normalisation["benchmark"] == benchmark].set_index("quantity")
+        if coef["value"].isna().all():
+            ax.text(0.5, 0.5, "every setting scored the same:\nno law to fit", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+            ax.set_title(benchmark, fontsize=9)
+            continue
         surface = (design_matrix(ga.ravel(), gc.ravel(), list(coef["term"])) @ coef["value"].to_numpy())
         surface = surface.reshape(ga.shape)
         # One colour scale for surface and dots: the normalised score range, saturating outside it (the

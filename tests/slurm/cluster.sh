@@ -62,7 +62,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1000
 ReturnToService=2
-MinJobAge=600
+MinJobAge=7200
 GresTypes=gpu
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=${ncpu} RealMemory=${mem} ${gres_node} State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP

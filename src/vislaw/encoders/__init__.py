@@ -6,12 +6,12 @@
 
 Modules: `spec` (EncoderSpec, config parsing), `registry` (register/create/list), `base` (the Encoder API),
 `frame` (pad-to-square framing and keypoint mapping), one module per kind (`hf`, `timm_backbone`, `concat`,
-`mini`, `diffusion`) and `catalog` (named specs of the paper's settings).
+`mini`, `diffusion`), `fastvit` (the fused forward pass `hf` runs CLIP/SigLIP/DINOv2 towers with) and
+`catalog` (named specs of the paper's settings).
 """
 
-from vislaw.encoders import catalog, concat, diffusion, hf, mini, timm_backbone  # noqa: F401  (register kinds)
-from vislaw.encoders.base import Encoder
-from vislaw.encoders.frame import SquareFrame, frame_image, load_framed
+from vislaw.lazy import lazy_getattr
+from vislaw.encoders import catalog  # noqa: F401  (registers the paper's named specs)
 from vislaw.encoders.registry import (
     check_spec,
     create_encoder,
@@ -22,6 +22,12 @@ from vislaw.encoders.registry import (
     register_spec,
 )
 from vislaw.encoders.spec import EncoderConfigError, EncoderSpec, spec_from_config
+
+# Imported on first use (PEP 562): they need torch, and planning the workflow must not pay for it.
+_LAZY = {"Encoder": "vislaw.encoders.base", "SquareFrame": "vislaw.encoders.frame",
+         "frame_image": "vislaw.encoders.frame", "load_framed": "vislaw.encoders.frame"}
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "Encoder",

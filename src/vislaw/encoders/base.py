@@ -1,7 +1,8 @@
 """The one feature API every encoder kind implements.
 
 ``enc.tokens(x, layers=(-2,)) -> {layer: Tensor[B, h*w, D]}`` where ``x`` is a batch of framed images,
-``(B, 3, image_size, image_size)`` RGB in [0, 1] (see `vislaw.encoders.frame`). Normalisation with the spec's
+``(B, 3, image_size, image_size)`` RGB in [0, 1], or uint8 pixels meaning ``x / 255`` (see
+`vislaw.encoders.frame`; uint8 is a quarter of the bytes to move to a GPU). Normalisation with the spec's
 mean/std happens inside the encoder, so a ``concat`` can feed each part its own statistics. Patch tokens come
 in row-major grid order (``enc.grid == (h, w)``); prefix (CLS/register) tokens are split off unless the spec
 says ``drop_prefix: false``, in which case the first ``enc.num_prefix_tokens`` rows are the prefix.
@@ -18,7 +19,12 @@ from vislaw.encoders.spec import EncoderConfigError, EncoderSpec
 
 
 class Encoder(nn.Module):
-    """Base class: subclasses set ``num_layers``/``num_prefix_tokens`` and implement `_tokens`."""
+    """Base class: subclasses set ``num_layers``/``num_prefix_tokens`` and implement `_tokens`.
+
+    ``accepts_uint8``: `_tokens` takes uint8 pixels itself; otherwise `tokens` converts them to [0, 1] first.
+    """
+
+    accepts_uint8 = False
 
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
@@ -31,17 +37,28 @@ class Encoder(nn.Module):
         return self.spec.grid
 
     def tokens(self, x: torch.Tensor, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-        """Patch tokens of ``layers`` (default: the spec's layer) for framed images ``x`` in [0, 1]."""
+        """Patch tokens of ``layers`` (default: the spec's layer) for framed images ``x`` in [0, 1] (or uint8)."""
+        layers = self.checked_layers(x, layers)
+        if x.dtype == torch.uint8 and not self.accepts_uint8:
+            x = unit_range(x)
+        return self._tokens(x, layers)
+
+    def checked_layers(self, x: torch.Tensor, layers: Sequence[int] | None) -> tuple[int, ...]:
+        """``layers`` as a tuple (default: the spec's), after checking them and the input's shape."""
         layers = tuple(layers) if layers is not None else (self.spec.layer,)
         size = self.spec.image_size
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (size, size):
             raise ValueError(f"{self.spec.key('image_size')}: expected input (B, 3, {size}, {size}), got {tuple(x.shape)}")
         for layer in layers:
             resolve_layer(self.spec, layer, self.num_layers)
-        return self._tokens(x, layers)
+        return layers
 
     def _tokens(self, x: torch.Tensor, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
+
+    def compile_blocks(self, mode: str | None = None) -> bool:
+        """Compile the forward pass with ``torch.compile`` where a kind supports it; False: nothing compiled."""
+        return False
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.spec.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -59,6 +76,11 @@ class Encoder(nn.Module):
             )
         self.num_prefix_tokens = prefix
         return tokens if not self.spec.drop_prefix else tokens[:, prefix:]
+
+
+def unit_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1], exactly as `vislaw.encoders.frame.load_framed` computes them."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def require_stats(spec: EncoderSpec) -> None:

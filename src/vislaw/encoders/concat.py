@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vislaw.encoders.base import Encoder
+from vislaw.encoders.base import Encoder, unit_range
 from vislaw.encoders.registry import create_encoder, register_encoder
 from vislaw.encoders.spec import EncoderConfigError, EncoderSpec
 
@@ -37,6 +37,7 @@ class ConcatEncoder(Encoder):
                 f"{self.spec.key('layer')}: a concat gives only its own layer; set each part's layer instead"
             )
         size = self.spec.image_size
+        x = unit_range(x)  # parts are resized in float
         if x.ndim != 4 or tuple(x.shape[-2:]) != (size, size):
             raise ValueError(f"{self.spec.key('image_size')}: expected input (B, 3, {size}, {size}), got {tuple(x.shape)}")
         rows, cols = self.grid

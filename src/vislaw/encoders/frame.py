@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 # PIL bicubic (with its built-in antialiasing on downscaling): recorded in every cache's protocol.
 RESAMPLE = "PIL.BICUBIC"
@@ -74,18 +77,26 @@ def frame_image(image: Image.Image, size: int, mode: str = "pad") -> tuple[Image
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """(3, H, W) float32 in [0, 1]."""
+    import torch  # here, not at the top: framing worker processes (vislaw.loader) import this module only
+
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def framed_pixels(path: str | os.PathLike[str], size: int, mode: str = "pad") -> np.ndarray:
+    """One image loaded and framed: (size, size, 3) uint8 RGB."""
+    with Image.open(path) as image:
+        framed, _ = frame_image(image, size, mode)
+    return np.asarray(framed, dtype=np.uint8)
+
+
 def load_framed(paths: Sequence[str | os.PathLike[str]], size: int, mode: str = "pad") -> torch.Tensor:
     """Load, frame and stack images: (B, 3, size, size) in [0, 1]."""
-    tensors = []
-    for path in paths:
-        with Image.open(path) as image:
-            framed, _ = frame_image(image, size, mode)
-        tensors.append(to_tensor(framed))
-    return torch.stack(tensors)
+    import torch
+
+    return torch.stack([
+        torch.from_numpy(framed_pixels(path, size, mode).copy()).permute(2, 0, 1).float().div_(255.0) for path in paths
+    ])
 
 
 def preprocessing_record(size: int, mode: str) -> dict[str, object]:

@@ -26,6 +26,15 @@ B = TypeVar("B", bound=Builder)
 
 # The registry itself: the only module-level state in vislaw.encoders.
 _REGISTRY: dict[str, dict[str, Any]] = {"kinds": {}, "specs": {}}
+# The built-in kinds' modules, imported (and so registered) on first build: they need torch, transformers or
+# timm, and the Snakefile checks every spec to plan the DAG (each SLURM job plans it again) without them.
+BUILTIN_KINDS: dict[str, str] = {
+    "hf": "vislaw.encoders.hf",
+    "timm": "vislaw.encoders.timm_backbone",
+    "concat": "vislaw.encoders.concat",
+    "mini": "vislaw.encoders.mini",
+    "diffusers": "vislaw.encoders.diffusion",
+}
 
 
 def register_encoder(kind: str) -> Callable[[B], B]:
@@ -52,7 +61,15 @@ def register_spec(name: str, spec: EncoderSpec) -> EncoderSpec:
 
 
 def encoder_kinds() -> list[str]:
-    return sorted(_REGISTRY["kinds"])
+    return sorted({*_REGISTRY["kinds"], *BUILTIN_KINDS})
+
+
+def _builder(kind: str) -> Builder | None:
+    if kind not in _REGISTRY["kinds"] and kind in BUILTIN_KINDS:
+        import importlib
+
+        importlib.import_module(BUILTIN_KINDS[kind])  # registers the kind
+    return _REGISTRY["kinds"].get(kind)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
@@ -83,7 +100,7 @@ def create_encoder(spec_or_name: EncoderSpec | str, **overrides: Any) -> Encoder
         spec = spec_or_name
     if overrides:
         spec = dataclasses.replace(spec, **overrides)
-    builder = _REGISTRY["kinds"].get(spec.kind)
+    builder = _builder(spec.kind)
     if builder is None:
         raise EncoderConfigError(
             f"{spec.key('kind')}: Unknown encoder kind {spec.kind!r} (known: {', '.join(encoder_kinds())})"
@@ -99,7 +116,7 @@ def check_spec(spec: EncoderSpec) -> EncoderSpec:
     For ``common.smk`` so that ``snakemake -n`` fails on a bad entry instead of a GPU job hours later.
     Layer range and patch are checked when the model is built (they need its architecture).
     """
-    if spec.kind not in _REGISTRY["kinds"]:
+    if spec.kind not in encoder_kinds():
         raise EncoderConfigError(
             f"{spec.key('kind')}: Unknown encoder kind {spec.kind!r} (known: {', '.join(encoder_kinds())})"
         )

@@ -96,11 +96,16 @@ def predict_keypoints(
     src_kps: torch.Tensor,
     protocol: CorrespondenceProtocol,
 ) -> torch.Tensor:
-    """Predicted target (x, y) for each source keypoint. ``features``: (N, h*w, D), L2-normalised per token."""
+    """Predicted target (x, y) for each source keypoint. ``features``: (N, h*w, D) in any float dtype.
+
+    Only the source keypoints' tokens and the target images' tokens are gathered, then L2-normalised per
+    token and compared in float32 (one batched matrix product), on whatever device ``features`` is on: the
+    GPU and the CPU compute the same numbers up to float32 rounding.
+    """
     src_cells = patch_index(src_kps, grid, protocol.frame_size)  # (P, K)
-    src_tokens = features[src_index]  # (P, h*w, D)
-    src_vectors = torch.gather(src_tokens, 1, src_cells.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-    similarity = torch.einsum("pkd,pnd->pkn", src_vectors, features[trg_index]).float()
+    src_vectors = l2_normalise(features[src_index.unsqueeze(-1), src_cells].float())  # (P, K, D)
+    trg_tokens = l2_normalise(features[trg_index].float())  # (P, h*w, D)
+    similarity = torch.bmm(src_vectors, trg_tokens.transpose(1, 2))  # (P, K, h*w)
     return window_soft_argmax(similarity, grid, protocol.window, protocol.temperature, protocol.frame_size)
 
 
@@ -139,15 +144,21 @@ class CorrespondenceResult:
         return 100.0 * float(self.correct[alpha][self.kp_mask].mean())
 
     def per_keypoint_id(self, alpha: float) -> dict[str, float]:
-        """(category, keypoint id) -> PCK x100 over that semantic keypoint, if ids were given."""
+        """(category, keypoint id) -> PCK x100 over that semantic keypoint, if ids were given.
+
+        One pass of counting over integer (category, id) codes: SPair's 12,234 pairs hold a few hundred
+        such keys, and a mask per key would scan every keypoint once per key.
+        """
         if self.kp_ids is None:
             return {}
-        out: dict[str, float] = {}
-        cats = np.repeat(np.asarray(self.categories)[:, None], self.kp_mask.shape[1], axis=1)
-        for cat, kp in sorted({(c, int(k)) for c, k in zip(cats[self.kp_mask], self.kp_ids[self.kp_mask])}):
-            sel = self.kp_mask & (cats == cat) & (self.kp_ids == kp)
-            out[f"{cat}/{kp}"] = 100.0 * float(self.correct[alpha][sel].mean())
-        return out
+        names, codes = np.unique(np.asarray(self.categories), return_inverse=True)
+        cats = np.repeat(codes.reshape(-1, 1), self.kp_mask.shape[1], axis=1)[self.kp_mask]
+        keys, inverse = np.unique(np.stack([cats, self.kp_ids[self.kp_mask].astype(np.int64)], axis=1), axis=0,
+                                  return_inverse=True)
+        inverse = inverse.reshape(-1)
+        hits = np.bincount(inverse, weights=self.correct[alpha][self.kp_mask], minlength=len(keys))
+        totals = np.bincount(inverse, minlength=len(keys))
+        return {f"{names[c]}/{int(k)}": 100.0 * float(h / n) for (c, k), h, n in zip(keys, hits, totals)}
 
 
 def evaluate_pairs(
@@ -159,12 +170,12 @@ def evaluate_pairs(
 ) -> CorrespondenceResult:
     """Judge every keypoint of ``pairs`` against features (N, h*w, D) of the images they index.
 
-    ``features`` are L2-normalised here (METHOD: per token); pairs are processed ``batch_size`` at a
-    time to bound the (pairs x keypoints x patches) similarity tensor.
+    ``features`` (any float dtype, on the device to compute on) are L2-normalised per token in float32
+    (METHOD), as they are gathered; pairs are processed ``batch_size`` at a time to bound the gathered
+    (pairs x patches x channels) target tokens.
     """
     if features.ndim != 3 or features.shape[1] != grid[0] * grid[1]:
         raise ValueError(f"features of shape {tuple(features.shape)} do not match grid {grid}")
-    features = l2_normalise(features.float() if features.device.type == "cpu" else features)
     device = features.device
     mask = np.asarray(pairs.kp_mask, dtype=bool)
     if (mask.sum(axis=1) == 0).any():
@@ -182,8 +193,8 @@ def evaluate_pairs(
             torch.as_tensor(np.asarray(pairs.src_kps[sl], dtype=np.float32), device=device),
             protocol,
         )
-        predictions.append(pred.double().cpu().numpy())
-    predicted = np.concatenate(predictions)
+        predictions.append(pred)
+    predicted = torch.cat(predictions).double().cpu().numpy()  # one transfer, no synchronisation per batch
     distance = np.linalg.norm(predicted - np.asarray(pairs.trg_kps, dtype=np.float64), axis=-1)  # (P, K)
     correct = {a: (distance < a * threshold_base[:, None]) & mask for a in protocol.alphas}
     kp_ids = None if pairs.kp_ids is None else np.asarray(pairs.kp_ids)
@@ -239,7 +250,11 @@ def score_spair(
     """The C score record of METHOD.md for ``pairs`` given the features (N, h*w, D) of ``image_ids``."""
     batch = pair_batch(pairs, {image_id: row for row, image_id in enumerate(image_ids)}, protocol.frame_size)
     tokens = torch.as_tensor(np.asarray(features)).to(device)
-    result = evaluate_pairs(tokens, grid, batch, protocol)
+    return c_record(evaluate_pairs(tokens, grid, batch, protocol), protocol)
+
+
+def c_record(result: CorrespondenceResult, protocol: CorrespondenceProtocol) -> dict:
+    """The C score record of METHOD.md from judged pairs: C, PCK per threshold, per category and keypoint."""
     main = protocol.alphas[0]
     return {
         "C": result.pck(main),
@@ -249,6 +264,6 @@ def score_spair(
             category: {"pck": value, "pairs": n} for category, (value, n) in result.per_category(main).items()
         },
         "per_keypoint_id": result.per_keypoint_id(main),
-        "n_pairs": len(pairs),
-        "n_keypoints": int(batch.kp_mask.sum()),
+        "n_pairs": len(result.categories),
+        "n_keypoints": int(result.kp_mask.sum()),
     }

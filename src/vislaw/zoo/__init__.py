@@ -6,12 +6,27 @@
     create_encoder(spec).tokens(x)  # {-2: (B, 144, 96)}
 
 Modules: `arch` (MiniViT, MiniCNN), `data` (caption set, seeded augmentations), `text` (caption encoder),
-`objectives` (contrastive, selfsup, denoise, supervised, random) and `train` (training, checkpoint folder).
+`objectives` (contrastive, selfsup, denoise, supervised, random), `train` (training, checkpoint folder)
+and `settings` (architectures and training defaults, without torch).
 """
 
-from vislaw.zoo.arch import ARCH_DEFAULTS, PATCH, ArchitectureError, build_backbone, resolve_architecture
-from vislaw.zoo.objectives import MEAN, OBJECTIVES, STD
-from vislaw.zoo.train import load_backbone, read_checkpoint_record, train_encoder, training_config
+from vislaw.lazy import lazy_getattr
+from vislaw.zoo.settings import (
+    ARCH_DEFAULTS,
+    MEAN,
+    OBJECTIVES,
+    PATCH,
+    STD,
+    ArchitectureError,
+    resolve_architecture,
+    training_config,
+)
+
+# Imported on first use (PEP 562): they need torch, and planning the workflow must not pay for it.
+_LAZY = {"build_backbone": "vislaw.zoo.arch", "load_backbone": "vislaw.zoo.train",
+         "read_checkpoint_record": "vislaw.zoo.train", "train_encoder": "vislaw.zoo.train"}
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "ARCH_DEFAULTS",

@@ -27,37 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PATCH = 8  # both backbones: one feature cell per 8x8 pixels
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    # dim 64 / depth 4: small enough that a few hundred steps fit the 60-s-per-setting budget on one core.
-    # stem: widths of the stride-2 convs before the last one that makes the tokens (an "early convolutions"
-    # ViT, Xiao et al. 2021: it trains far faster on little data than a linear patchify); [] = plain patchify.
-    "vit": {"arch": "vit", "dim": 64, "depth": 4, "heads": 2, "mlp_ratio": 2.0, "stem": [16, 32], "image_size": 96},
-    # Three stride-2 stem convs reach stride 8; the residual blocks then widen the receptive field.
-    "cnn": {"arch": "cnn", "dim": 64, "depth": 4, "stem": [16, 32], "image_size": 96},
-    # stem: [width at stride 4] (the space-to-depth "latent"); dim: stride 8 (the features); deep: stride 16.
-    # depth is fixed (the four stride-8 readouts above), so it is not a key.
-    "unet": {"arch": "unet", "dim": 64, "deep": 96, "stem": [48], "image_size": 96},
-}
-
-
-class ArchitectureError(ValueError):
-    """An architecture dict names an unknown backbone or carries unknown keys."""
-
-
-def resolve_architecture(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with the backbone's defaults filled in; unknown backbones or keys raise.
-
-    ``options`` may carry keys that are not architecture (``objective``, ``seed``): they are ignored here.
-    """
-    name = options.get("arch")
-    if name not in ARCH_DEFAULTS:
-        raise ArchitectureError(f"arch must be one of {sorted(ARCH_DEFAULTS)}, got {name!r}")
-    defaults = ARCH_DEFAULTS[name]
-    arch = {key: options.get(key, default) for key, default in defaults.items()}
-    if isinstance(arch.get("stem"), tuple):
-        arch["stem"] = list(arch["stem"])
-    return arch
+from vislaw.zoo.settings import ARCH_DEFAULTS, PATCH, ArchitectureError, resolve_architecture  # noqa: F401
 
 
 def build_backbone(arch: Mapping[str, Any]) -> Backbone:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vislaw.zoo.arch import Backbone, MiniCNN, MiniUNet
+from vislaw.zoo.settings import MEAN, OBJECTIVES, STD  # noqa: F401  (re-exported)
 from vislaw.zoo.data import (
     Augment,
     CaptionSet,
@@ -41,9 +42,6 @@ from vislaw.zoo.data import (
 )
 from vislaw.zoo.text import CaptionEncoder, build_vocabulary, encode_captions
 
-OBJECTIVES = ("contrastive", "selfsup", "denoise", "supervised", "random")
-MEAN = (0.5, 0.5, 0.5)  # every mini encoder normalises [0, 1] pixels to [-1, 1]
-STD = (0.5, 0.5, 0.5)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

@@ -29,56 +29,16 @@ import torch
 
 from vislaw.io import atomic_dir, write_json
 from vislaw.provenance import code_hash
-from vislaw.zoo.arch import PATCH, build_backbone, resolve_architecture
+from vislaw.zoo.arch import build_backbone
 from vislaw.zoo.data import load_caption_set
-from vislaw.zoo.objectives import MEAN, OBJECTIVE_CLASSES, OBJECTIVES, STD
+from vislaw.zoo.objectives import OBJECTIVE_CLASSES
+from vislaw.zoo.settings import MEAN, PATCH, STD, training_config  # noqa: F401  (re-exported)
 
 FORMAT = "vislaw.zoo/1"
 CONFIG_FILE = "zoo.json"
 BACKBONE_FILE = "backbone.pt"
 HEADS_FILE = "heads.pt"
 _GEN_BATCHES, _GEN_AUGMENT = 1, 2  # generator stream ids
-
-# Settings every objective reads, then each objective's own defaults (sized for <= 60 s on one core).
-COMMON_DEFAULTS: dict[str, Any] = {
-    "seed": 0, "steps": 150, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup_frac": 0.1,
-    "grad_clip": 1.0, "log_every": 10, "limit_images": None,
-}
-# CNNs by default: in this budget the ViTs' patch tokens stay at random-weight correspondence whatever the
-# objective (bench/zoo_c_scores.py), while the CNNs' learn it; the ViT stays available (``arch: vit``).
-# denoise trains the U-Net (DIFT's backbone family) on its own output; supervised reads ``points`` points per
-# object within ``jitter`` half-extents of its centre, and ``offset_weight`` weighs predicting that offset.
-_CNN = {"arch": "cnn"}
-OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "contrastive": {"arch": _CNN, "image_size": 96, "embed_dim": 64, "text_dim": 64, "max_words": 48,
-                    "pool": "cls"},
-    "selfsup": {"arch": _CNN, "image_size": 96, "view_size": 48, "embed_dim": 64, "temperature": 0.1,
-                "image_weight": 0.25, "steps": 200},
-    "denoise": {"arch": {"arch": "unet"}, "image_size": 96, "noise": [0.0, 2.0], "mask_ratio": 0.5,
-                "mask_patch": 8, "colour_jitter": True, "target": "rgb", "predict": "noise", "steps": 120},
-    "supervised": {"arch": _CNN, "image_size": 96, "points": 4, "jitter": 0.5, "offset_weight": 1.0},
-    "random": {"arch": {"arch": "vit"}, "image_size": 96, "steps": 0},
-}
-
-
-def training_config(objective: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The full config of one run: common defaults < the objective's defaults < ``overrides``.
-
-    Unknown keys raise (a typo must not silently train with a default). ``arch`` is resolved to the full
-    architecture dict, with the ViT's position-embedding grid matching ``image_size``.
-    """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    config = {**COMMON_DEFAULTS, **OBJECTIVE_DEFAULTS[objective], **dict(overrides or {})}
-    unknown = sorted(set(config) - set(COMMON_DEFAULTS) - set(OBJECTIVE_DEFAULTS[objective]))
-    if unknown:
-        raise ValueError(f"unknown {objective} training setting(s) {unknown}; known: "
-                         f"{sorted({*COMMON_DEFAULTS, *OBJECTIVE_DEFAULTS[objective]})}")
-    config["arch"] = resolve_architecture({**dict(config["arch"]), "image_size": int(config["image_size"])})
-    if objective == "random":
-        config["steps"] = 0
-    return config
-
 
 def train_encoder(objective: str, world_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                   config: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""External-command mode of the jobs (what presets/paper-real.yaml uses): template fields, the LLaVA-format
+projector handed to stage 2, and per-benchmark metrics of an lmms-eval results file."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from vislaw.encoders import named_spec
+from vislaw.jobs import command_fields, evaluate, train_mllm
+from vislaw.train import Projector, load_projector, projector_from_llava, save_projector
+
+
+def test_command_fields_name_the_encoder_and_its_tower() -> None:
+    clip = named_spec("clip_vit_l14_336.openai").to_dict()
+    assert command_fields({**clip, "name": "CLIP336"}) == {"encoder": "CLIP336",
+                                                         "vision_tower": "openai/clip-vit-large-patch14-336"}
+    concat = named_spec("clip_l14_dinov2_l14.336").to_dict()
+    assert command_fields({**concat, "name": "CLIP336_DINOv2"})["vision_tower"] == (
+        "openai/clip-vit-large-patch14-336+facebook/dinov2-large")
+
+
+def test_external_stage_2_gets_the_stage_1_projector_in_llavas_format(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    projector_pt = str(tmp_path / "CLIP336.pt")
+    save_projector(projector_pt, Projector(4, 8), {"mode": "test"})
+    # the "trainer": checks it was given LLaVA's keys and writes its model folder
+    script = ("import sys, torch; state = torch.load(sys.argv[1]); "
+              "assert sorted(state) == ['model.mm_projector.0.bias', 'model.mm_projector.0.weight', "
+              "'model.mm_projector.2.bias', 'model.mm_projector.2.weight'], sorted(state); "
+              "torch.save(state, sys.argv[2] + '/mm_projector.bin'); "
+              "open(sys.argv[2] + '/encoder', 'w').write(sys.argv[3])")
+    command = (f"mkdir -p $output_dir && {shlex.quote(sys.executable)} -c {shlex.quote(script)} "
+               "$llava_projector $output_dir $encoder")
+    spec = {**named_spec("clip_vit_l14_336.openai").to_dict(), "name": "CLIP336"}
+    out_dir = tmp_path / "mllm" / "CLIP336"
+    train_mllm(spec, str(tmp_path / "data"), str(tmp_path / "llm"), projector_pt, [], {"command": command},
+               str(out_dir))
+    assert (out_dir / "encoder").read_text() == "CLIP336"
+    original, _ = load_projector(projector_pt)
+    back = projector_from_llava(str(out_dir / "mm_projector.bin"), 4, 8)
+    for name, value in original.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], value)
+    assert [p.name for p in (tmp_path / "mllm").iterdir()] == ["CLIP336"]  # the LLaVA copy was temporary
+
+
+def test_external_evaluation_reads_each_benchmarks_own_metric(tmp_path: Path) -> None:
+    # lmms-eval's results layout: {"results": {task: {"<metric>,<filter>": value, ...}}}
+    results = {"results": {"mme": {"alias": "mme", "mme_cognition_score,none": 300.0,
+                                   "mme_percetion_score,none": 1502.7, "mme_percetion_score_stderr,none": "N/A"}}}
+    command = (f"mkdir -p $output_dir/llava_$encoder && echo {shlex.quote(json.dumps(results))} "
+               "> $output_dir/llava_$encoder/20250101_results.json")
+    spec = {**named_spec("clip_vit_l14_336.openai").to_dict(), "name": "CLIP336"}
+    out_json = tmp_path / "eval" / "CLIP336" / "mme.json"
+    settings = {"command": command, "metric": {"mme": "mme_percetion_score,none", "textvqa_val": "exact_match,none"}}
+    evaluate(spec, str(tmp_path / "data"), str(tmp_path / "mllm"), [], "mme", settings, str(out_json))
+    record = json.loads(out_json.read_text())
+    assert (record["score"], record["metric"]) == (1502.7, "mme_percetion_score,none")
