@@ -49,6 +49,16 @@ def test_only_the_policys_picks_are_trained_and_evaluated(smoke_run: Path) -> No
     assert set(rounds_csv.loc[rounds_csv["picked"], "setting"]) == set(picks)
 
 
+def test_stage1_lowers_the_caption_loss_for_every_encoder(smoke_run: Path) -> None:
+    import torch
+
+    for projector in sorted((smoke_run / OUT / "projectors").glob("*.pt")):
+        loss = torch.load(projector, map_location="cpu", weights_only=True)["record"]["loss"]
+        first, last = sum(loss[:3]) / 3, sum(loss[-3:]) / 3
+        print(f"stage 1 {projector.stem}: caption loss {first:.3f} -> {last:.3f} in {len(loss)} steps")
+        assert last < 0.98 * first, (projector.stem, first, last)  # smoke: 24 steps, 2-10 % lower
+
+
 def test_scores_carry_their_protocols(smoke_run: Path) -> None:
     out = smoke_run / OUT
     ac = pd.read_csv(out / "scores/ac.csv").set_index("setting")

@@ -49,7 +49,7 @@ def slurm_cluster():
 
 # The Snakefile's localrules: table-sized steps that run beside Snakemake, never submitted.
 LOCAL_RULES = {"ac_table", "policy_round", "measurements", "policy_report", "summary"}
-GPU_RULES = {"pretrain_encoder", "extract_features", "train_projector", "a_score", "c_score", "train_mllm",
+GPU_RULES = {"pretrain_encoder", "pretrain_llm", "extract_features", "train_projector", "a_score", "c_score", "train_mllm",
              "evaluate"}
 
 
