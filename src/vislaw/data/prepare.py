@@ -16,7 +16,6 @@ Checks come in two steps, each naming the config key and, for a record, the file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import string
@@ -30,6 +29,7 @@ import numpy as np
 
 from vislaw.data import spair
 from vislaw.data.text import mc_prompt
+from vislaw.data.world import file_sha256, fingerprint
 from vislaw.io import atomic_dir
 from vislaw.provenance import code_hash
 
@@ -344,19 +344,6 @@ def _written_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _fingerprint(entries: Mapping[str, str], prefix: str = "") -> str:
-    """SHA-256 over the sorted (path, hash or link target) lines under ``prefix``, as the world's manifest."""
-    digest = hashlib.sha256()
-    for rel in sorted(entries):
-        if rel.startswith(prefix):
-            digest.update(f"{rel}\0{entries[rel]}\n".encode())
-    return digest.hexdigest()
-
-
 def prepare_data(outdir: str | os.PathLike[str], data: Mapping[str, Any]) -> dict[str, Any]:
     """Write the data folder of a ``data:`` block into ``outdir`` (replaced atomically); returns the manifest.
 
@@ -443,7 +430,7 @@ def prepare_data(outdir: str | os.PathLike[str], data: Mapping[str, Any]) -> dic
                                     "images": len({key for p in pairs for key in (p.src_key, p.trg_key)}),
                                     "categories": len({p.category for p in pairs})}}
 
-        files = {path.relative_to(out).as_posix(): _sha256(path) for path in _written_files(out)}
+        files = {path.relative_to(out).as_posix(): file_sha256(path) for path in _written_files(out)}
         entries = {**files, **{rel: f"-> {target}" for rel, target in links.items()}}
         manifest = {
             "generator": "vislaw.data.prepare",
@@ -452,8 +439,8 @@ def prepare_data(outdir: str | os.PathLike[str], data: Mapping[str, Any]) -> dic
             "counts": counts,
             "files": files,  # the index files written here, with their SHA-256
             "links": links,  # link -> the absolute path it points to
-            "fingerprint": _fingerprint(entries),
-            "fingerprints": {part: _fingerprint(entries, part + "/") for part in ("captions", "qa")},
+            "fingerprint": fingerprint(entries),
+            "fingerprints": {part: fingerprint(entries, part + "/") for part in ("captions", "qa")},
         }
         _dump_json(out / MANIFEST, manifest)
         progress("data folder written")

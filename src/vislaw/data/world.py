@@ -449,7 +449,7 @@ def draw_pair_grid(
 # ------------------------------------------------------------------------------------ manifest and main
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -463,7 +463,7 @@ def fingerprint(hashes: Mapping[str, str], prefix: str = "") -> str:
 
 
 def _manifest(out: Path, params: WorldParams, counts: dict[str, Any]) -> dict[str, Any]:
-    hashes = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    hashes = {p.relative_to(out).as_posix(): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     files = {rel: h for rel, h in hashes.items() if not rel.endswith(".jpg") and "/ImageAnnotation/" not in rel}
     folders: dict[str, int] = {}
     for rel in hashes:
