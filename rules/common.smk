@@ -315,6 +315,7 @@ def summary_inputs(wildcards):
             ac=f"{OUT}/scores/ac.csv",
             measurements=MEASUREMENTS_CSV,
             policy=f"{OUT}/policy/recommendation.json",
+            evaluations=f"{OUT}/evaluations.csv",
         )
     return inputs
 

@@ -84,7 +84,8 @@ rule measurements:
         ac=f"{OUT}/scores/ac.csv",
         evals=lambda wc: flat_eval_files(trained_settings()),
     output:
-        f"{OUT}/measurements.csv",
+        measurements=f"{OUT}/measurements.csv",
+        evaluations=f"{OUT}/evaluations.csv",
     log:
         f"{OUT}/logs/measurements.log",
     conda:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from vislaw.data.scene import (
     scene_to_dict,
 )
 from vislaw.data.shapes import categories
-from vislaw.data.text import SKILLS, caption, make_question, mc_prompt
+from vislaw.data.text import OPTION_INSTRUCTION, SKILLS, caption, make_question, mc_prompt
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -177,13 +178,17 @@ def test_captions_and_qa_formats(worlds):
     for item in instruct:
         human, gpt = item["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\n")
-        assert gpt["from"] == "gpt" and gpt["value"] in "ABCD"
+        # the answer is the option's text, which the prompt lists and asks for
+        options = re.findall(r"^[A-D]\. (.+)$", human["value"], re.M)
+        assert gpt["from"] == "gpt" and gpt["value"] in options and len(options) >= 3
+        assert human["value"].endswith(OPTION_INSTRUCTION)
         assert (root / item["image"]).is_file()
     for skill in SKILLS:
         test = json.loads((root / "qa" / skill / "test.json").read_text())
         for item in test:
             assert 0 <= item["answer"] < len(item["options"]) and len(set(item["options"])) == len(item["options"])
-            assert item["prompt"] == mc_prompt(item["question"], item["options"])
+            assert item["prompt"] == mc_prompt(item["question"], item["options"], "option")
+            assert item["answer_format"] == "option" and item["answer_letter"] == "ABCD"[item["answer"]]
             assert (root / item["image"]).is_file() and item["skill"] == skill
     assert len(set(json.loads((root / "qa" / "count" / "test.json").read_text())[i]["answer"] for i in range(4))) > 1
 

@@ -60,3 +60,16 @@ def test_external_evaluation_reads_each_benchmarks_own_metric(tmp_path: Path) ->
     evaluate(spec, str(tmp_path / "data"), str(tmp_path / "mllm"), [], "mme", settings, str(out_json))
     record = json.loads(out_json.read_text())
     assert (record["score"], record["metric"]) == (1502.7, "mme_percetion_score,none")
+
+
+def test_external_stage_1_with_token_pooling_is_refused_before_any_work(tmp_path: Path) -> None:
+    import pytest
+
+    from vislaw.jobs import train_projector
+
+    spec = {**named_spec("clip_vit_l14_336.openai").to_dict(), "name": "CLIP336"}
+    out = tmp_path / "CLIP336.pt"
+    with pytest.raises(ValueError, match="stage1.pool: LLaVA's mm_projector.bin has no token pooling"):
+        train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
+                        {"command": "touch $output_dir/mm_projector.bin", "pool": 2}, str(out))
+    assert not out.exists()

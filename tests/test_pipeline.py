@@ -82,6 +82,22 @@ def test_summary_matches_the_tables(smoke_run: Path) -> None:
     report = json.loads((out / "policy/recommendation.json").read_text())
     assert f"recommended (best mean normalised score among the trained): **{report['recommended']}**" in text
     assert f"trainings spent: {report['trainings']} of 4 candidates (budget 2)" in text
+    # the chance section: each trained setting's mean accuracy over the evaluation files, and its count of
+    # benchmarks beaten, recomputed here from the files with the binomial test
+    from scipy.stats import binomtest
+
+    assert "## Against chance" in text
+    evaluations = pd.read_csv(out / "evaluations.csv")
+    assert len(evaluations) == len(list((out / "eval").glob("*/*.json")))
+    for setting_dir in sorted((out / "eval").iterdir()):
+        records = [json.loads(f.read_text()) for f in sorted(setting_dir.glob("*.json"))]
+        listed = evaluations[evaluations["setting"] == setting_dir.name].set_index("benchmark")
+        assert {r["benchmark"]: r["score"] for r in records} == listed["score"].to_dict()
+        mean = sum(r["score"] for r in records) / len(records)
+        beaten = sum(binomtest(round(r["score"] * r["n"] / 100), r["n"], r["chance"] / 100,
+                               alternative="greater").pvalue < 0.05 for r in records)
+        assert re.search(rf"^\| {setting_dir.name} \| {mean:.1f} \| {beaten} of {len(records)} \|", text,
+                         flags=re.M), setting_dir.name
 
 
 def test_second_run_does_nothing(smoke_run: Path) -> None:

@@ -38,7 +38,7 @@ def test_tokenizer_round_trips_any_text() -> None:
 
 def test_saved_llm_loads_offline(tiny_llm: Path) -> None:
     model, tokenizer = load_llm(tiny_llm)
-    assert model.config.hidden_size == 32 and len(tokenizer) <= 300
+    assert model.shape.hidden_size == 32 and len(tokenizer) <= 300
     assert (tiny_llm / "train_log.json").is_file()
     assert not list(tiny_llm.parent.glob(".*tmp"))  # the atomic build folder is gone
     with pytest.raises(FileNotFoundError, match="llm.weights: model directory"):
@@ -105,6 +105,42 @@ def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path)
     print(f"stage-2 accuracy {accuracy:.3f}")
     assert accuracy > 0.5, accuracy  # chance is 0.25
     assert all(len(s) == 4 and all(math.isfinite(v) for v in s) for s in scores)
+
+
+def test_token_pooling_averages_grid_neighbourhoods() -> None:
+    from vislaw.train import Projector, load_projector, pool_tokens, save_projector
+
+    grid = torch.arange(16.0).view(1, 16, 1)  # a 4x4 grid, row-major: values 0..15
+    assert pool_tokens(grid, 2).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]  # e.g. (0+1+4+5)/4
+    odd = torch.arange(9.0).view(1, 9, 1)  # 3x3: the edge windows are partial and average what they hold
+    assert pool_tokens(odd, 2).flatten().tolist() == [2.0, 3.5, 6.5, 8.0]
+    assert torch.equal(pool_tokens(grid, 1), grid)
+    with pytest.raises(ValueError, match="square grid"):
+        pool_tokens(torch.zeros(1, 12, 3), 2)
+    projector = Projector(1, 8, pool=2)
+    assert projector(grid).shape == (1, 4, 8) and projector.n_tokens(16) == 4 and projector.n_tokens(9) == 4
+    with pytest.raises(ValueError, match="stage1.pool"):
+        Projector(1, 8, pool=0)
+
+
+def test_pooled_projector_round_trips_and_scores_like_its_pooled_input(tiny_llm: Path, tmp_path: Path) -> None:
+    """A pooling projector on a 4x4 grid gives the same caption log-likelihood as a plain projector with the
+    same weights on the pooled tokens, and keeps its pooling through save and load."""
+    from vislaw.train import Projector, load_projector, pool_tokens, save_projector
+
+    llm, tokenizer = load_llm(tiny_llm)
+    torch.manual_seed(0)
+    pooled, plain = Projector(12, 32, pool=2), Projector(12, 32)
+    plain.load_state_dict(pooled.state_dict())
+    features = torch.randn(3, 16, 12)
+    captions = ["a small red circle.", "a large blue star on the left of a green moon.", "a red square."]
+    a = caption_loglik(llm, pooled, tokenizer, features, captions)
+    b = caption_loglik(llm, plain, tokenizer, pool_tokens(features, 2), captions)
+    torch.testing.assert_close(a, b)
+    save_projector(str(tmp_path / "p.pt"), pooled, {"note": "test"})
+    loaded, record = load_projector(str(tmp_path / "p.pt"))
+    assert loaded.pool == 2 and record == {"note": "test"}
+    torch.testing.assert_close(caption_loglik(llm, loaded, tokenizer, features, captions), a)
 
 
 def test_logits_only_from_the_first_scored_position_give_the_same_losses_and_gradients() -> None:

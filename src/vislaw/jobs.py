@@ -182,6 +182,10 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
     import string
     import tempfile
 
+    if settings.get("command") and int(settings.get("pool", 1)) != 1:
+        raise ValueError("stage1.pool: LLaVA's mm_projector.bin has no token pooling; set pool to 1 with "
+                         "stage1.command")
+
     from vislaw.data.datasets import caption_records
     from vislaw.llm import load_llm
     from vislaw.train import TrainConfig, projector_from_llava, save_projector
@@ -206,9 +210,10 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
                                              llm.get_input_embeddings().embedding_dim)
         record.update({"mode": "external", "command": line, "loss": []})
     else:
-        config = TrainConfig(**{k: v for k, v in settings.items() if k != "command"})
-        projector, losses = fit(llm, tokenizer, features, [r["caption"] for r in records], config)
-        record.update({"mode": "builtin", "config": asdict(config), "loss": losses})
+        config = TrainConfig(**{k: v for k, v in settings.items() if k not in ("command", "pool")})
+        pool = int(settings.get("pool", 1))
+        projector, losses = fit(llm, tokenizer, features, [r["caption"] for r in records], config, pool=pool)
+        record.update({"mode": "builtin", "config": asdict(config), "pool": pool, "loss": losses})
         print(f"stage 1: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
     save_projector(out_pt, projector, record)
 
@@ -307,8 +312,9 @@ def evaluate(spec: Mapping[str, Any], data_dir: str, mllm_dir: str, features_h5:
              settings: Mapping[str, Any], out_json: str) -> None:
     """Rule evaluate: one benchmark of one trained MLLM; built-in multiple choice or an external command.
 
-    Built in: the likelihood of each option's letter after the image and the prompt (the prediction is
-    the most likely), and the exact match of the greedy answer; ``score`` is the first (x100).
+    Built in: the likelihood of each option (its letter, or its text where the record's ``answer_format`` is
+    ``option``) after the image and the prompt (the prediction is the most likely), and the exact match of
+    the greedy answer; ``score`` is the first (x100).
     """
     import json
     import string
@@ -330,13 +336,17 @@ def evaluate(spec: Mapping[str, Any], data_dir: str, mllm_dir: str, features_h5:
         records = qa_test_records(data_dir, benchmark)
         llm, tokenizer, projector = load_mllm(mllm_dir)
         features = _cached_tokens(spec, data_dir, "qa_test", features_h5, [r["image"] for r in records]).float()
-        letters = [[chr(ord("A") + i) for i in range(len(r["options"]))] for r in records]
+        # What the prompt asks for: the option's letter (LLaVA-1.5, the default) or its text (the mini-world)
+        by_text = [r.get("answer_format", "letter") == "option" for r in records]
+        candidates = [list(r["options"]) if text else [chr(ord("A") + i) for i in range(len(r["options"]))]
+                      for r, text in zip(records, by_text)]
         prompts = [r["prompt"] for r in records]
-        likelihoods = score_options(llm, projector, tokenizer, features, prompts, letters)
+        likelihoods = score_options(llm, projector, tokenizer, features, prompts, candidates)
         predicted = [max(range(len(v)), key=v.__getitem__) for v in likelihoods]
         correct = [p == r["answer"] for p, r in zip(predicted, records)]
-        answers = generate_answers(llm, projector, tokenizer, features, prompts, max_new_tokens=2)
-        exact = [a == r["answer_letter"] for a, r in zip(answers, records)]
+        longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for cs in candidates for c in cs)
+        answers = generate_answers(llm, projector, tokenizer, features, prompts, max_new_tokens=longest + 1)
+        exact = [a == cs[r["answer"]] for a, cs, r in zip(answers, candidates, records)]
         chance = sum(1 / len(r["options"]) for r in records) / len(records)
         record = {
             "score": 100.0 * sum(correct) / len(records),
@@ -437,6 +447,27 @@ def measured_table(ac_csv: str, eval_files: Mapping[str, Mapping[str, str]], ben
         per_setting = scores.get(benchmark, {})
         table[benchmark] = [per_setting.get(s, float("nan")) for s in table["setting"]]
     write_csv(out_csv, table)
+
+
+EVALUATION_COLUMNS = ["setting", "benchmark", "score", "metric", "chance", "n", "exact_match"]
+
+
+def evaluation_table(eval_files: Mapping[str, Mapping[str, str]], out_csv: str) -> None:
+    """Rule measurements' second table: one row per evaluation file (chance, n and exact match are blank for
+    an external benchmark's score)."""
+    import json
+
+    import pandas as pd
+
+    from vislaw.io import write_csv
+
+    rows = []
+    for setting, per_benchmark in eval_files.items():
+        for benchmark, path in per_benchmark.items():
+            record = json.loads(Path(path).read_text())
+            rows.append({"setting": setting, "benchmark": benchmark,
+                         **{k: record.get(k) for k in EVALUATION_COLUMNS[2:]}})
+    write_csv(out_csv, pd.DataFrame(rows, columns=EVALUATION_COLUMNS))
 
 
 def policy_report(ac_csv: str, rounds: list[str], eval_files: Mapping[str, Mapping[str, str]],

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import Any
+
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from vislaw.io import atomic_dir
 
@@ -45,8 +45,12 @@ class PretrainConfig:
     seed: int = 0
 
 
-def train_tokenizer(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (GPT-2/Llama-3 style: any text encodes, nothing is unknown)."""
+def train_tokenizer(corpus: Sequence[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer (GPT-2/Llama-3 style: any text encodes, nothing is unknown), as a
+    transformers ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -61,7 +65,7 @@ def train_tokenizer(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokeniz
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
-def pack_corpus(tokenizer: PreTrainedTokenizerFast, corpus: Sequence[str], seq_len: int) -> torch.Tensor:
+def pack_corpus(tokenizer: Any, corpus: Sequence[str], seq_len: int) -> torch.Tensor:
     """All lines as one token stream (each line closed by EOS), cut into rows of ``seq_len``."""
     ids: list[int] = []
     for line in corpus:
@@ -92,6 +96,8 @@ def pretrain_llm(
 
     Returns the training loss per step (also written to ``out_dir/train_log.json``).
     """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(train_config.seed)
     tokenizer = train_tokenizer(corpus, model_config.vocab_size)
     config = LlamaConfig(
@@ -139,14 +145,28 @@ def pretrain_llm(
     return losses
 
 
-def load_llm(path: str | Path, key: str = "llm.weights") -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
-    """A causal LM and its tokenizer from a local Hugging Face directory (never the network)."""
+def load_llm(path: str | Path, key: str = "llm.weights") -> tuple[torch.nn.Module, Any]:
+    """A causal LM and its tokenizer from a local Hugging Face directory (never the network).
+
+    Checkpoints inside `vislaw.tinyllama.supports` (the mini-world's LM) load through the lean torch Llama,
+    without importing transformers (5 s per job); any other (Vicuna, Qwen) through transformers.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{key}: model directory '{path}' does not exist")
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    from vislaw import tinyllama
+
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config and tinyllama.supports(config) and (path / "model.safetensors").is_file() \
+            and (path / "tokenizer.json").is_file():
+        model, tokenizer = tinyllama.TinyLlama.from_pretrained(path), tinyllama.Tokenizer(path)
+    else:
+        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer

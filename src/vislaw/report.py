@@ -38,18 +38,23 @@ def build_summary(
     ac: pd.DataFrame | None = None,
     measurements: pd.DataFrame | None = None,
     policy: Mapping | None = None,
+    evaluations: pd.DataFrame | None = None,
     budgets_shown: Sequence[int] = (1, 2, 3, 4, 5, 6),
 ) -> str:
     """The markdown text of ``results/<name>/summary.md`` (plot links relative to ``summary_dir``).
 
     ``law`` holds the fit's tables (``r2``, ``summary``, ``coefficients``, ``predictions``); ``ac``,
-    ``measurements`` and ``policy`` (the recommendation record) are there when the run measured encoders.
+    ``measurements`` and ``policy`` (the recommendation record) are there when the run measured encoders;
+    ``evaluations`` (``evaluations.csv``: setting, benchmark, score, chance, n) adds chance and a binomial
+    test per benchmark.
     """
     lines = [f"# vislaw run `{name}`", ""]
     lines += [f"Benchmarks: {', '.join(f'{b} ({g})' for b, g in groups.items())}. Measurements: "
               f"`{measurements_path}`.", ""]
     if ac is not None:
         lines += _measured_section(ac, measurements, groups, policy)
+    if evaluations is not None:
+        lines += _chance_section(evaluations, groups)
     if law is not None:
         lines += _law_section(law, groups, predict_with)
     if simulation is not None:
@@ -92,6 +97,45 @@ def _measured_section(ac: pd.DataFrame, measurements: pd.DataFrame | None, group
                 f"top-{len(shadow['predicted_top_k'])}: **{verdict}**",
             ]
         lines.append("")
+    return lines
+
+
+def beats_chance(evaluations: pd.DataFrame, benchmarks: Sequence[str], level: float = 0.05) -> pd.DataFrame:
+    """Per (setting, benchmark) of built-in evaluations (rows of ``evaluations.csv``): accuracy, chance, and
+    the one-sided binomial test of "better than chance" (p-value, and whether p < ``level``). Rows without
+    a chance (an external benchmark's score) are left out."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for record in evaluations.to_dict("records"):
+        if record["benchmark"] not in benchmarks or pd.isna(record.get("chance")):
+            continue
+        n = int(record["n"])
+        correct = round(record["score"] * n / 100.0)
+        p = binomtest(correct, n, record["chance"] / 100.0, alternative="greater").pvalue
+        rows.append({"setting": record["setting"], "benchmark": record["benchmark"], "score": float(record["score"]),
+                     "chance": float(record["chance"]), "n": n, "p_value": float(p), "beats_chance": p < level})
+    return pd.DataFrame(rows, columns=["setting", "benchmark", "score", "chance", "n", "p_value", "beats_chance"])
+
+
+def _chance_section(evaluations: pd.DataFrame, groups: Mapping[str, str]) -> list[str]:
+    table = beats_chance(evaluations, list(groups))
+    if table.empty:
+        return []
+    lines = ["## Against chance", ""]
+    chance = table.groupby("benchmark", sort=False)["chance"].first().reindex(list(groups))
+    lines += ["Chance accuracy per benchmark (mean of 1/options): " + ", ".join(
+        f"{b} {c:.1f}" for b, c in chance.dropna().items()) + ".", ""]
+    wins = table.pivot(index="setting", columns="benchmark", values="beats_chance").reindex(columns=list(groups))
+    means = table.groupby("setting")["score"].mean().sort_values(ascending=False)
+    rows = []
+    for setting, mean in means.items():
+        beaten = [b for b in groups if bool(wins.loc[setting].get(b, False))]
+        rows.append([setting, f"{mean:.1f}", f"{len(beaten)} of {wins.loc[setting].notna().sum()}",
+                     ", ".join(b for b in groups if b not in beaten and pd.notna(wins.loc[setting].get(b)))])
+    lines += ["Settings by mean accuracy; benchmarks each beats chance on (one-sided binomial test, p < 0.05) "
+              "and those it does not:", "",
+              markdown_table(pd.DataFrame(rows, columns=["setting", "mean", "beats chance on", "not on"])), ""]
     return lines
 
 

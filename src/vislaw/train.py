@@ -16,28 +16,55 @@ training reads its cached patch tokens (the HDF5 feature cache) instead of image
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerFast
 
 from vislaw.llm import cosine_lr
 from vislaw.scores.alignment import token_logliks
 
+# A tokenizer: transformers' PreTrainedTokenizerFast or vislaw.tinyllama.Tokenizer (the calls used are common).
+Tokenizer = Any
+
+
+def pool_tokens(tokens: torch.Tensor, stride: int) -> torch.Tensor:
+    """Average ``stride`` x ``stride`` neighbourhoods of a square grid of patch tokens (B, T, D) ->
+    (B, ceil(sqrt(T)/stride)^2, D), LLaVA-OneVision's ``mm_spatial_pool_stride`` (bilinear there, average
+    here); ``stride`` 1 returns the tokens unchanged (LLaVA-1.5)."""
+    if stride == 1:
+        return tokens
+    batch, count, dim = tokens.shape
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(f"stage1.pool: pooling needs a square grid of patch tokens, got {count} tokens")
+    grid = tokens.transpose(1, 2).reshape(batch, dim, side, side)
+    pooled = torch.nn.functional.avg_pool2d(grid, stride, ceil_mode=True)
+    return pooled.flatten(2).transpose(1, 2)
+
 
 class Projector(nn.Module):
-    """LLaVA-1.5's ``mlp2x_gelu``: Linear -> GELU -> Linear, from encoder width to LM width."""
+    """LLaVA-1.5's ``mlp2x_gelu``: Linear -> GELU -> Linear, from encoder width to LM width, after optional
+    spatial pooling of the patch tokens (``pool``, see `pool_tokens`)."""
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, pool: int = 1) -> None:
         super().__init__()
+        if pool < 1:
+            raise ValueError(f"stage1.pool must be >= 1, got {pool}")
         self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim, self.pool = in_dim, out_dim, pool
+
+    def n_tokens(self, count: int) -> int:
+        """How many visual tokens the LM sees for ``count`` patch tokens."""
+        side = math.ceil(math.isqrt(count) / self.pool)
+        return count if self.pool == 1 else side * side
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.net(tokens)
+        return self.net(pool_tokens(tokens, self.pool))
 
 
 @dataclass(frozen=True)
@@ -59,7 +86,7 @@ class TextPart:
 
 
 def tokenize_parts(
-    tokenizer: PreTrainedTokenizerFast, parts: Sequence[TextPart], end_with_eos: bool = True
+    tokenizer: Tokenizer, parts: Sequence[TextPart], end_with_eos: bool = True
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the parts, and which ids are scored; a closing ``</s>`` is scored with the last part."""
     ids: list[int] = []
@@ -79,7 +106,7 @@ def build_batch(
     projector: Projector,
     visual: torch.Tensor,
     texts: Sequence[tuple[list[int], list[bool]]],
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Tokenizer,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input embeddings ``<s> [visual] text`` right-padded, with labels, score mask and attention mask.
 
@@ -87,7 +114,8 @@ def build_batch(
     """
     device = visual.device
     embed = llm.get_input_embeddings()
-    batch, n_visual = visual.shape[0], visual.shape[1]
+    visual_embeds = projector(visual.to(embed.weight.dtype))
+    batch, n_visual = visual_embeds.shape[0], visual_embeds.shape[1]
     lengths = [1 + n_visual + len(ids) for ids, _ in texts]
     width = max(lengths)
     labels = torch.full((batch, width), tokenizer.pad_token_id, dtype=torch.long, device=device)
@@ -100,7 +128,6 @@ def build_batch(
         scored[row, start : start + len(ids)] = torch.tensor(flags, device=device)
         attention[row, : lengths[row]] = 1
     text_embeds = embed(labels)
-    visual_embeds = projector(visual.to(text_embeds.dtype))
     embeds = torch.cat([text_embeds[:, :1], visual_embeds, text_embeds[:, 1 + n_visual :]], dim=1)
     return embeds, labels, scored, attention
 
@@ -110,7 +137,7 @@ def sequence_logliks(
     projector: Projector,
     visual: torch.Tensor,
     texts: Sequence[tuple[list[int], list[bool]]],
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Tokenizer,
 ) -> torch.Tensor:
     """Per-sequence mean log-likelihood of the scored tokens, (B,).
 
@@ -122,7 +149,8 @@ def sequence_logliks(
     """
     embeds, labels, scored, attention = build_batch(llm, projector, visual, texts, tokenizer)
     first = [flags.index(True) for _, flags in texts if True in flags]  # within each text part
-    keep = labels.shape[1] - (1 + visual.shape[1] + min(first)) + 1 if first else labels.shape[1]
+    n_visual = projector.n_tokens(visual.shape[1])
+    keep = labels.shape[1] - (1 + n_visual + min(first)) + 1 if first else labels.shape[1]
     return token_logliks(_logits(llm, embeds, attention, keep), labels[:, -keep:], scored[:, -keep:])
 
 
@@ -178,17 +206,19 @@ def _fit(
 
 def train_projector(
     llm: nn.Module,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Tokenizer,
     features: torch.Tensor,
     captions: Sequence[str],
     config: TrainConfig,
     log=sys.stderr,
+    pool: int = 1,
 ) -> tuple[Projector, list[float]]:
-    """Stage 1: a fresh projector trained on (features (N, T, D), captions), LM frozen."""
+    """Stage 1: a fresh projector (pooling ``pool`` x ``pool`` patch tokens) trained on (features (N, T, D),
+    captions), LM frozen."""
     if len(features) != len(captions):
         raise ValueError(f"{len(features)} feature rows but {len(captions)} captions")
     torch.manual_seed(config.seed)
-    projector = Projector(features.shape[-1], llm.get_input_embeddings().embedding_dim)
+    projector = Projector(features.shape[-1], llm.get_input_embeddings().embedding_dim, pool=pool)
     llm.requires_grad_(False)
     texts = [tokenize_parts(tokenizer, [TextPart(c, True)]) for c in captions]
 
@@ -204,7 +234,7 @@ def train_projector(
 def caption_loglik(
     llm: nn.Module,
     projector: Projector,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Tokenizer,
     features: torch.Tensor,
     captions: Sequence[str],
     batch_size: int = 64,
@@ -221,7 +251,7 @@ def caption_loglik(
 def train_mllm(
     llm: nn.Module,
     projector: Projector,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Tokenizer,
     features: torch.Tensor,
     conversations: Sequence[tuple[str, str]],
     config: TrainConfig,
@@ -249,7 +279,7 @@ def train_mllm(
 def score_options(
     llm: nn.Module,
     projector: Projector,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Tokenizer,
     features: torch.Tensor,
     questions: Sequence[str],
     options: Sequence[Sequence[str]],
@@ -279,12 +309,12 @@ def save_projector(path: str, projector: Projector, record: dict) -> None:
 
     with atomic_path(path) as tmp:
         torch.save({"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
-                    "record": record}, tmp)
+                    "pool": projector.pool, "record": record}, tmp)
 
 
 def load_projector(path: str) -> tuple[Projector, dict]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    projector = Projector(blob["in_dim"], blob["out_dim"])
+    projector = Projector(blob["in_dim"], blob["out_dim"], pool=blob.get("pool", 1))
     projector.load_state_dict(blob["state_dict"])
     projector.eval()
     return projector, blob["record"]
@@ -320,7 +350,7 @@ def projector_to_llava(projector_pt: str, path: str) -> None:
 def generate_answers(
     llm: nn.Module,
     projector: Projector,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Tokenizer,
     features: torch.Tensor,
     prompts: Sequence[str],
     max_new_tokens: int = 4,
@@ -341,7 +371,7 @@ def generate_answers(
     return answers
 
 
-def save_mllm(out_dir: str, llm: nn.Module, tokenizer: PreTrainedTokenizerFast, projector: Projector,
+def save_mllm(out_dir: str, llm: nn.Module, tokenizer: Tokenizer, projector: Projector,
               record: dict) -> None:
     """A trained MLLM (LM folder + projector) written atomically."""
     from vislaw.io import atomic_dir
@@ -350,10 +380,10 @@ def save_mllm(out_dir: str, llm: nn.Module, tokenizer: PreTrainedTokenizerFast, 
         llm.save_pretrained(tmp / "llm")
         tokenizer.save_pretrained(tmp / "llm")
         torch.save({"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
-                    "record": record}, tmp / "projector.pt")
+                    "pool": projector.pool, "record": record}, tmp / "projector.pt")
 
 
-def load_mllm(path: str) -> tuple[nn.Module, PreTrainedTokenizerFast, Projector]:
+def load_mllm(path: str) -> tuple[nn.Module, Tokenizer, Projector]:
     from pathlib import Path
 
     from vislaw.llm import load_llm

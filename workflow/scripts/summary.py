@@ -25,5 +25,6 @@ text = build_summary(
     ac=pd.read_csv(inp.ac) if "ac" in has else None,
     measurements=pd.read_csv(inp.measurements) if "ac" in has else None,
     policy=json.loads(open(inp.policy).read()) if "policy" in has else None,
+    evaluations=pd.read_csv(inp.evaluations) if "evaluations" in has else None,
 )
 write_summary(out[0], text)

@@ -40,7 +40,7 @@ from vislaw.data.scene import (
     scene_to_dict,
 )
 from vislaw.data.shapes import categories
-from vislaw.data.text import SKILLS, Question, caption, make_question, mc_prompt
+from vislaw.data.text import SKILLS, Question, caption, expected_answer, make_question, mc_prompt
 from vislaw.io import atomic_dir
 from vislaw.provenance import code_hash
 
@@ -49,6 +49,7 @@ CAPTION_TRAIN, CAPTION_PROBE, QA_TRAIN, QA_TEST, SPAIR_IMAGE, SPAIR_PAIRS, CORPU
 MIN_COMMON_KEYPOINTS = 3
 MAX_TRIES = 1000  # rejection sampling bound: a scene that supports the question is normally found in a few
 JPEG_QUALITY = 92
+ANSWER_FORMAT = "option"  # the mini-world's MLLMs answer with the option's text (vislaw.data.text)
 MANIFEST = "manifest.json"
 GRID = "pairs_grid.png"
 
@@ -174,8 +175,8 @@ def _conversation(record_id: str, image: str, q: Question) -> dict[str, Any]:
         "image": image,
         "skill": q.skill,
         "conversations": [
-            {"from": "human", "value": "<image>\n" + mc_prompt(q.question, q.options)},
-            {"from": "gpt", "value": q.answer_letter},
+            {"from": "human", "value": "<image>\n" + mc_prompt(q.question, q.options, ANSWER_FORMAT)},
+            {"from": "gpt", "value": expected_answer(q, ANSWER_FORMAT)},
         ],
     }
 
@@ -233,7 +234,8 @@ def _qa_test(params: WorldParams, out: Path, skill_index: int, skill: str) -> li
                 "options": list(q.options),
                 "answer": q.answer,
                 "answer_letter": q.answer_letter,
-                "prompt": mc_prompt(q.question, q.options),
+                "answer_format": ANSWER_FORMAT,
+                "prompt": mc_prompt(q.question, q.options, ANSWER_FORMAT),
             }
         )
     return items

@@ -1,0 +1,31 @@
+"""The summary's tables: markdown rendering and the test against chance."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from vislaw.report import beats_chance, build_summary, markdown_table
+
+
+def test_markdown_table_rounds_and_blanks_nan() -> None:
+    frame = pd.DataFrame({"setting": ["a", "b"], "score": [1.23456, float("nan")]})
+    assert markdown_table(frame, digits=2) == "| setting | score |\n| --- | --- |\n| a | 1.23 |\n| b |  |"
+
+
+def test_binomial_test_against_chance_by_hand() -> None:
+    evaluations = pd.DataFrame([
+        {"setting": "good", "benchmark": "colour", "score": 100.0, "chance": 25.0, "n": 4},
+        {"setting": "good", "benchmark": "count", "score": 50.0, "chance": 25.0, "n": 4},
+        {"setting": "external", "benchmark": "colour", "score": 61.0},  # no chance: an lmms-eval score
+    ])
+    table = beats_chance(evaluations, ["colour", "count"]).set_index(["setting", "benchmark"])
+    assert list(table.index) == [("good", "colour"), ("good", "count")]
+    assert table.loc[("good", "colour"), "p_value"] == pytest.approx(0.25 ** 4)  # all 4 right by luck
+    # P(X >= 2) for X ~ Binomial(4, 1/4) = 1 - 0.75^4 - 4 * 0.25 * 0.75^3
+    assert table.loc[("good", "count"), "p_value"] == pytest.approx(1 - 0.75 ** 4 - 4 * 0.25 * 0.75 ** 3)
+    assert table["beats_chance"].tolist() == [True, False]
+    text = build_summary("t", "m.csv", {"colour": "vision", "count": "vision"}, "AC_poly", ".",
+                         evaluations=evaluations)
+    assert "| good | 75.0 | 1 of 2 | count |" in text
+    assert "colour 25.0, count 25.0" in text
