@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--stage1-lr", type=float, default=1e-2)
     parser.add_argument("--stage2-epochs", type=float, default=10)
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0, help="stage-2 seed (order of the conversations)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,7 +72,7 @@ def main() -> None:
     losses = train_mllm(llm, projector, tokenizer, cached(results, args.encoder, "caption_train",
                                                          [r["image"] for r in records]),
                         [jobs._qa_turn(r) for r in records],
-                        TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr), quiet)
+                        TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, seed=args.seed), quiet)
     print(f"stage 2: {len(losses)} steps in {time.time() - start:.0f} s, loss {np.mean(losses[:5]):.3f} -> "
           f"{np.mean(losses[-5:]):.3f}", flush=True)
 

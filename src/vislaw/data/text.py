@@ -29,8 +29,9 @@ BACKGROUND_WORDS = {
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."  # LLaVA-1.5's
 # The mini-world's MLLMs answer with the option itself: its 128-wide LM, fine-tuned on 1,800 conversations,
 # learns to copy the right word (contrastive_96, 562 steps: colour 53 %, count 80 %) far sooner than to map
-# it to a letter as well (colour 20 %, count 61 %; chance 25 %).
-OPTION_INSTRUCTION = "Answer with the option's text from the given choices directly."
+# it to a letter as well (colour 20 %, count 61 %; chance 25 %). The short instruction matters as much:
+# "Answer with the option's text from the given choices directly." gave colour 25 % (bench/MLLM_NOTES.md).
+OPTION_INSTRUCTION = "Answer with the option."
 ANSWER_FORMATS = ("letter", "option")
 SPATIAL_OPTIONS: tuple[str, ...] = ("to the left", "to the right", "above", "below")
 MAX_COUNT_OPTION = 6
