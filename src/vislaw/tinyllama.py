@@ -166,12 +166,6 @@ class TinyLlama(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
-    def init_weights(self, std: float, generator: torch.Generator | None = None) -> None:
-        """Llama's initialisation: normal(0, std) for linear and embedding weights, ones for norms."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, std, generator=generator)
-
     def _rope(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), self.inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
