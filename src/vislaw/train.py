@@ -303,13 +303,18 @@ def score_options(
     return out
 
 
+def _projector_blob(projector: Projector, record: dict) -> dict:
+    """What a projector file holds (stage 1's file and the MLLM folder's): weights, shape, pooling, record."""
+    return {"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
+            "pool": projector.pool, "record": record}
+
+
 def save_projector(path: str, projector: Projector, record: dict) -> None:
     """The projector's weights with what made them (``record``), written atomically."""
     from vislaw.io import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
-                    "pool": projector.pool, "record": record}, tmp)
+        torch.save(_projector_blob(projector, record), tmp)
 
 
 def load_projector(path: str) -> tuple[Projector, dict]:
@@ -379,8 +384,7 @@ def save_mllm(out_dir: str, llm: nn.Module, tokenizer: Tokenizer, projector: Pro
     with atomic_dir(out_dir) as tmp:
         llm.save_pretrained(tmp / "llm")
         tokenizer.save_pretrained(tmp / "llm")
-        torch.save({"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
-                    "pool": projector.pool, "record": record}, tmp / "projector.pt")
+        torch.save(_projector_blob(projector, record), tmp / "projector.pt")
 
 
 def load_mllm(path: str) -> tuple[nn.Module, Tokenizer, Projector]:
