@@ -22,9 +22,13 @@ Sections, in order, each under a time limit that ends the script within ``--budg
             each one's error against the float32 model; each tower then compiled ('compile')
   e2e       (after the first tower) loader and writer ceilings, then JPEG files -> framing worker processes
             (the GPU's default) or threads -> model -> HDF5 on disk through `extract_to_h5`, eager and compiled
+            or nvJPEG + framing on the GPU (`vislaw.jpeg`, the GPU's default), with the decoders' equality
+  probe     e2e without disk writes, without the model, and on JPEGs of one shape (what caps end to end)
   C         12,234 synthetic SPair-sized pairs scored from that cache on the GPU (and a part on the CPU)
   stage1    one stage-1 step (mlp2x_gelu projector, frozen ~0.5B Qwen2-shaped LM): tokens/s, peak memory, as
             run 1's sequence_logliks did it (every position's logits) and as vislaw.train does it now
+  batch     each compiled tower at twice its batch as well
+  profile   CLIP@336 and DINOv2@224 compiled: GPU time by kernel group (matrix products, attention, the rest)
   autotune  CLIP compiled with max-autotune, with what time is left
 
 Rows are printed as measured and as one table at the end. With ``--out`` or ``$OUT`` set, gpu_speed.json and
@@ -416,7 +420,8 @@ def model_section(report: Report, case: VitCase, device: torch.device, rate: flo
     return state
 
 
-def compile_section(report: Report, state: VitState, device: torch.device, rate: float, mode: str | None) -> None:
+def compile_section(report: Report, state: VitState, device: torch.device, rate: float, mode: str | None,
+                    double_batch: bool = False) -> None:
     """The fast path with its blocks compiled; compile time reported separately from the rate."""
     import torch._dynamo
 
@@ -445,6 +450,20 @@ def compile_section(report: Report, state: VitState, device: torch.device, rate:
                    rate / flops, 100 * rate_img * flops / rate, accuracy=f"rel.err {err:.1e}",
                    note=f"batch {case.batch}; compile {compile_s:.0f} s (once per shape)",
                    extra={"seconds_per_batch": t, "compile_s": compile_s, "rel_err": err}))
+    if double_batch:  # a larger batch: fuller waves for the matrix products (one more compilation)
+        x2 = torch.cat([state.x, state.x])
+
+        def fast2() -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return encoder.tokens(x2)[-2]
+
+        with torch.inference_mode():
+            fast2()
+            t2 = seconds_per_call(fast2, device)
+        rate2 = 2 * case.batch / t2
+        report.add(Row("compile", case.name, f"vislaw fast + torch.compile {mode or 'default'}, batch {2 * case.batch}",
+                       rate2, "img/s", rate / flops, 100 * rate2 * flops / rate,
+                       note=f"batch {2 * case.batch}", extra={"seconds_per_batch": t2}))
 
 
 # ---- end to end ------------------------------------------------------------------------------------------
@@ -471,11 +490,22 @@ def write_jpegs(root: Path, count: int, distinct: int, sides: tuple[int, int], s
     return paths
 
 
-def decode_rate(paths: list[Path], size: int, batch: int, threads: int, pin: bool, processes: bool = False) -> float:
-    """Images/s of decoding and framing alone (the loader's ceiling); processes: the pool is started first."""
-    from vislaw import loader
+def decode_rate(paths: list[Path], size: int, batch: int, threads: int, pin: bool, processes: bool = False,
+                device: torch.device | None = None) -> float:
+    """Images/s of decoding and framing alone (the loader's ceiling); processes: the pool is started first;
+    ``device``: `vislaw.jpeg` decodes and frames on it instead (nvJPEG on a GPU)."""
+    from vislaw import jpeg, loader
     from vislaw.features import _framed_batches
 
+    if device is not None:
+        for _ in jpeg.framed_batches(paths[: 2 * batch], batch, size, "pad", device):  # decoder's first use
+            pass
+        sync(device)
+        t0 = time.monotonic()
+        for _ in jpeg.framed_batches(paths, batch, size, "pad", device):
+            pass
+        sync(device)
+        return len(paths) / (time.monotonic() - t0)
     if processes:
         loader.start_pool(threads)
     t0 = time.monotonic()
@@ -500,6 +530,7 @@ def write_rate(report: Report, root: Path, case: VitCase, images: int, raw: bool
     offsets = features._chunk_offsets
     if not raw:
         features._chunk_offsets = lambda *_: None  # type: ignore[assignment]  # h5py writes
+    os.sync()  # no earlier dirty pages in the way (see e2e_section)
     try:
         t0 = time.monotonic()
         with h5py.File(out, "w") as h5, tqdm(disable=True) as bar, features._TokenWriter(h5, images, bar) as writer:
@@ -519,9 +550,11 @@ def write_rate(report: Report, root: Path, case: VitCase, images: int, raw: bool
 
 
 def e2e_section(report: Report, state: VitState, device: torch.device, root: Path, paths: list[Path],
-                threads: int | None, label: str, model_key: str, processes: bool | None = None) -> Path:
+                threads: int | None, label: str, model_key: str, processes: bool | None = None,
+                decoder: str = "pil") -> Path:
     """Images/s through `extract_to_h5` (JPEG -> framing workers -> model -> HDF5), beside model-only.
-    ``threads``: framing workers (None: the library's default); ``processes``: as extract_to_h5 takes it."""
+    ``threads``: framing workers (None: the library's default); ``processes``: as extract_to_h5 takes it;
+    ``decoder``: "pil" (those workers) or "device" (`vislaw.jpeg`: nvJPEG and framing on the GPU)."""
     from vislaw import loader
     from vislaw.features import extract_to_h5
 
@@ -531,23 +564,151 @@ def e2e_section(report: Report, state: VitState, device: torch.device, root: Pat
     workers = threads if threads is not None else (loader.default_workers() if use_processes else
                                                    min(16, os.cpu_count() or 1))
     kind = "processes" if use_processes else "threads"
-    out = root / f"cache_{workers}{kind}_{model_key.replace(':', '_')}.h5"
+    feeder = "nvJPEG + framing on the GPU" if decoder == "device" else f"{workers} framing {kind}"
+    out = root / f"cache_{decoder}_{workers}{kind}_{model_key.replace(':', '_')}.h5"
     warm = paths[: 2 * case.batch]  # also starts the framing processes (kept for the process's later calls)
     kw = {"batch_size": case.batch, "device": device, "loader_threads": workers, "encoder": encoder,
-          "loader_processes": use_processes, "compile_mode": None}
+          "loader_processes": use_processes, "compile_mode": None, "decoder": decoder}
     extract_to_h5(encoder.spec, warm, root / "warm.h5", image_ids=ids[: len(warm)], dataset_fingerprint="warmup", **kw)
     sync(device)
+    # Every row starts with no dirty pages: run 1-3's later e2e rows were slowed by the kernel writing back
+    # the earlier rows' caches (2.4 GB each), not by the pipeline. The write-back of this row's own cache
+    # is timed after it (the "sync" figure: what a user waits for only if they wait for the disk).
+    os.sync()
     t0 = time.monotonic()
     extract_to_h5(encoder.spec, paths, out, image_ids=ids, dataset_fingerprint="bench", **kw)
     seconds = time.monotonic() - t0
+    t1 = time.monotonic()
+    os.sync()
+    sync_s = time.monotonic() - t1
     rate_img = len(paths) / seconds
     model_only = state.rates[model_key]
-    report.add(Row("e2e", case.name, f"{label}, {workers} framing {kind}", rate_img, "img/s", model_only,
+    report.add(Row("e2e", case.name, f"{label}, {feeder}", rate_img, "img/s", model_only,
                    100 * rate_img / model_only,
-                   note=f"{len(paths)} JPEGs -> HDF5 {out.stat().st_size / 1e9:.2f} GB in {seconds:.1f} s; "
-                        f"bound = model-only {model_key}",
-                   extra={"seconds": seconds, "images": len(paths), "bytes": out.stat().st_size}))
+                   note=f"{len(paths)} JPEGs -> HDF5 {out.stat().st_size / 1e9:.2f} GB in {seconds:.1f} s, then "
+                        f"{sync_s:.1f} s to write it back to disk (os.sync); bound = model-only {model_key}",
+                   extra={"seconds": seconds, "sync_s": sync_s, "images": len(paths), "bytes": out.stat().st_size}))
     return out
+
+
+class _FixedTokens:
+    """An encoder stand-in that returns one fixed token batch: the pipeline's rate without the model."""
+
+    def __init__(self, encoder: Any, batch: torch.Tensor) -> None:
+        self.spec, self.fast, self.num_prefix_tokens = encoder.spec, None, encoder.num_prefix_tokens
+        with torch.inference_mode():
+            self.out = encoder.tokens(batch)[encoder.spec.layer].clone()
+
+    def to(self, _device: Any) -> _FixedTokens:
+        return self
+
+    def tokens(self, batch: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {self.spec.layer: self.out[: len(batch)]}
+
+
+def e2e_probe(report: Report, state: VitState, device: torch.device, root: Path, paths: list[Path],
+              same_shape: list[Path]) -> None:
+    """Which part caps end to end: the same extraction without disk writes, without the model, and on JPEGs
+    of one shape (the device decoder frames each distinct shape separately)."""
+    from vislaw import features
+
+    pwrite = features._TokenWriter._pwrite
+    features._TokenWriter._pwrite = lambda self, start, array: None  # type: ignore[method-assign]
+    try:
+        for decoder in ("pil", "device"):
+            e2e_section(report, state, device, root, paths, None, "probe: no disk writes", "fast", decoder=decoder)
+    finally:
+        features._TokenWriter._pwrite = pwrite  # type: ignore[method-assign]
+    model = state.encoder
+    state.encoder = _FixedTokens(model, state.x)
+    try:
+        for decoder in ("pil", "device"):
+            e2e_section(report, state, device, root, paths, None, "probe: no model (fixed tokens)", "fast",
+                        decoder=decoder)
+    finally:
+        state.encoder = model
+    e2e_section(report, state, device, root, same_shape, None, "probe: JPEGs of one shape", "fast", decoder="device")
+
+
+def decoder_equality(report: Report, case: VitCase, device: torch.device, pil_cache: Path, device_cache: Path,
+                     paths: list[Path]) -> None:
+    """The full-size decoder check: pixels of nvJPEG + GPU framing against Pillow's, and the two caches
+    (same model, same bf16 path) against each other, with the C of 2,000 synthetic pairs scored from each."""
+    import h5py
+
+    from vislaw import jpeg
+    from vislaw.encoders.frame import framed_pixels
+    from vislaw.scores.correspondence import CorrespondenceProtocol, c_record, evaluate_pairs
+
+    sample = paths[:64]
+    gpu = torch.cat([b for _, b in jpeg.framed_batches(sample, 32, case.image_size, "pad", device)]).cpu()
+    cpu = np.stack([framed_pixels(p, case.image_size, "pad").transpose(2, 0, 1) for p in sample])
+    diff = np.abs(gpu.numpy().astype(int) - cpu.astype(int))
+    report.add(Row("equal", case.name, "pixels: nvJPEG + GPU framing vs Pillow (64 JPEGs)", float(diff.mean()),
+                   "levels (mean)", note=f"max {diff.max()}, {100 * (diff > 0).mean():.1f} % of values differ"))
+    n = min(256, len(paths))
+    with h5py.File(pil_cache, "r") as a, h5py.File(device_cache, "r") as b:
+        x, y = a["tokens"][:n].astype(np.float32), b["tokens"][:n].astype(np.float32)
+    err = float(np.linalg.norm(y - x) / np.linalg.norm(x))
+    protocol = CorrespondenceProtocol()
+    pairs = synthetic_pairs(n, 2000, protocol.frame_size, seed=7)
+    grid = (case.image_size // case.patch,) * 2
+    c_pil = evaluate_pairs(torch.from_numpy(x).to(device), grid, pairs, protocol)
+    c_dev = evaluate_pairs(torch.from_numpy(y).to(device), grid, pairs, protocol)
+    main = protocol.alphas[0]
+    flips = int((c_pil.correct[main] != c_dev.correct[main]).sum())
+    n_kp = int(c_pil.kp_mask.sum())
+    passed = err <= 3e-2
+    report.add(Row("equal", case.name, f"caches: nvJPEG decoder vs Pillow loader (bf16 on gpu, {n} images)",
+                   c_record(c_dev, protocol)["C"] - c_record(c_pil, protocol)["C"], "dC",
+                   accuracy="PASS" if passed else "FAIL",
+                   note=f"features rel.L2 {err:.1e} (limit 3e-2, the bf16 path's own); "
+                        f"C {c_record(c_pil, protocol)['C']:.2f}; {flips} of {n_kp} keypoints differ "
+                        f"(2,000 synthetic pairs; reported)"))
+
+
+def profile_section(report: Report, state: VitState, device: torch.device) -> None:
+    """Where a compiled batch's GPU time goes: kernels grouped into matrix products, attention, the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    encoder = state.encoder
+
+    def fast() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return encoder.tokens(state.x)[-2]
+
+    cuda = device.type == "cuda"
+    with torch.inference_mode():
+        fast()
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                fast()
+            sync(device)
+
+    def spent(event: Any) -> float:  # microseconds on the device (self time on a CPU)
+        return float(getattr(event, "device_time_total", 0.0) or 0.0) if cuda else float(event.self_cpu_time_total)
+
+    groups: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        us = spent(event)
+        if any(k in name for k in ("attention", "fmha", "flash", "cudnn", "sdpa")):
+            group = "attention"
+        elif any(k in name for k in ("gemm", "xmma", "cutlass", "sm90", "matmul", "nvjet", "addmm", "linear")):
+            group = "matrix products"
+        elif "triton" in name:
+            group = "fused elementwise (triton)"
+        else:
+            group = "other"
+        groups[group] = groups.get(group, 0.0) + us
+    total = sum(groups.values())
+    for group, us in sorted(groups.items(), key=lambda kv: -kv[1]):
+        report.add(Row("profile", state.case.name, group, us / 2 / 1e3, "ms/batch", note=f"{100 * us / total:.0f} % of "
+                       f"GPU time; batch {state.case.batch}, compiled blocks" if total else ""))
+    for event in sorted(prof.key_averages(), key=lambda e: -spent(e))[:6]:
+        report.add(Row("profile", state.case.name, f"kernel {event.key[:60]}", spent(event) / 2 / 1e3, "ms/batch",
+                       note=f"{event.count // 2} calls per batch"))
 
 
 # ---- C scoring -------------------------------------------------------------------------------------------
@@ -780,7 +941,8 @@ def equality_section(report: Report, device: torch.device, root: Path,
         model.save_pretrained(weights)
         spec = EncoderSpec(kind="hf", weights=str(weights), image_size=64, patch=8, mean=mean, std=std,
                            name=f"tiny_{family}")
-        kw = {"image_ids": ids, "dataset_fingerprint": "equality", "batch_size": 5, "loader_threads": 3}
+        kw = {"image_ids": ids, "dataset_fingerprint": "equality", "batch_size": 5, "loader_threads": 3,
+              "decoder": "pil"}
         extract_to_h5(spec, paths, root / f"{family}_cpu.h5", device="cpu", **kw)
         plain = HFEncoder(spec, getattr(transformers, model_cls).from_pretrained(weights, dtype=torch.float32).eval(),
                           fast=False)
@@ -810,41 +972,57 @@ def equality_section(report: Report, device: torch.device, root: Path,
                        accuracy="PASS" if passed else "FAIL",
                        note=f"C {c_record(c_cpu, protocol)['C']:.2f}; {flips} keypoint(s) differ (limit 0); "
                             f"predictions move {shift:.1e} px at most (limit 1e-2)"))
-        # The same function on the GPU in float32: must give the CPU's numbers up to float32 rounding.
-        extract_to_h5(spec, paths, root / f"{family}_gpu32.h5", device=device, compute_dtype=torch.float32, **kw)
-        gpu32 = read(root / f"{family}_gpu32.h5")
-        ferr = float(np.linalg.norm(gpu32 - cpu) / np.linalg.norm(cpu))
-        c_gpu32 = evaluate_pairs(torch.from_numpy(gpu32).to(device), grid, pairs, protocol)
-        flips = int((c_gpu32.correct[main] != c_cpu.correct[main]).sum())
         n_kp = int(c_cpu.kp_mask.sum())
+
+        def on_gpu(name: str, **options: Any) -> tuple[np.ndarray, float, Any, int]:
+            """A GPU extraction of the same images: features, rel.L2 to the CPU's, its C result, keypoint flips."""
+            extract_to_h5(spec, paths, root / f"{family}_{name}.h5", device=device, **{**kw, **options})
+            features = read(root / f"{family}_{name}.h5")
+            result = evaluate_pairs(torch.from_numpy(features).to(device), grid, pairs, protocol)
+            return (features, float(np.linalg.norm(features - cpu) / np.linalg.norm(cpu)), result,
+                    int((result.correct[main] != c_cpu.correct[main]).sum()))
+
+        def dc(result: Any) -> float:
+            return c_record(result, protocol)["C"] - c_record(c_cpu, protocol)["C"]
+
+        # The same function on the GPU in float32: must give the CPU's numbers up to float32 rounding.
+        _, ferr, c_gpu32, flips = on_gpu("gpu32", compute_dtype=torch.float32)
         passed = ferr <= 1e-3 and flips <= 1
         ok &= passed
         report.add(Row("equal", f"tiny {family}", "gpu fp32 extraction + gpu C vs cpu extraction + cpu C",
-                       c_record(c_gpu32, protocol)["C"] - c_record(c_cpu, protocol)["C"], "dC",
-                       accuracy="PASS" if passed else "FAIL",
+                       dc(c_gpu32), "dC", accuracy="PASS" if passed else "FAIL",
                        note=f"features rel.L2 {ferr:.1e} (limit 1e-3, float16 storage); {flips} of {n_kp} "
                             f"keypoints differ (limit 1)"))
         # The production GPU path (bf16): its features differ by bf16 rounding; C's change is reported.
-        extract_to_h5(spec, paths, root / f"{family}_gpu.h5", device=device, **kw)
-        gpu = read(root / f"{family}_gpu.h5")
-        ferr = float(np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu))
-        c_gpu = evaluate_pairs(torch.from_numpy(gpu).to(device), grid, pairs, protocol)
-        flips = int((c_gpu.correct[main] != c_cpu.correct[main]).sum())
+        gpu, ferr, c_gpu, flips = on_gpu("gpu")
         moved = np.linalg.norm(predicted(torch.from_numpy(gpu).to(device), grid, pairs, protocol) - at_cpu, axis=-1)
         passed = ferr <= 3e-2
         ok &= passed
         report.add(Row("equal", f"tiny {family}", "gpu bf16 extraction + gpu C vs cpu fp32 extraction + cpu C",
-                       c_record(c_gpu, protocol)["C"] - c_record(c_cpu, protocol)["C"], "dC",
-                       accuracy="PASS" if passed else "FAIL",
+                       dc(c_gpu), "dC", accuracy="PASS" if passed else "FAIL",
                        note=f"features rel.L2 {ferr:.1e} (limit 3e-2: bf16 rounding); {flips} of {n_kp} keypoints "
                             f"differ, median prediction moves {np.median(moved[mask]):.2g} px (reported, no limit)"))
+        # The opt-in device decoder (nvJPEG + framing on the GPU) through the same bf16 path: against the
+        # CPU's float32 cache, and against the Pillow loader's bf16 cache (the decoder's rounding alone).
+        from vislaw import jpeg
+
+        if jpeg.available(device.type):
+            nv, ferr, c_nv, flips = on_gpu("gpu_nvjpeg", decoder="device")
+            derr = float(np.linalg.norm(nv - gpu) / np.linalg.norm(gpu))
+            passed = ferr <= 3e-2
+            ok &= passed
+            report.add(Row("equal", f"tiny {family}", "gpu bf16, nvJPEG decoder + gpu C vs cpu fp32 extraction + "
+                           "cpu C", dc(c_nv), "dC", accuracy="PASS" if passed else "FAIL",
+                           note=f"features rel.L2 {ferr:.1e} vs cpu (limit 3e-2), {derr:.1e} vs the Pillow loader's "
+                                f"gpu bf16 cache; {flips} of {n_kp} keypoints differ (reported)"))
     return ok
 
 
 # ---- main ------------------------------------------------------------------------------------------------
 
 
-SECTIONS = ("machine", "equal", "model", "baselines", "e2e", "C", "stage1", "compile", "autotune")
+SECTIONS = ("machine", "equal", "model", "baselines", "e2e", "probe", "C", "stage1", "compile", "batch", "profile",
+            "autotune")
 
 
 def main() -> int:
@@ -935,7 +1113,7 @@ def main() -> int:
     def end_to_end(first: VitState) -> Path | None:
         """The e2e rows on the first tower (CLIP@336): loader and writer ceilings, then extraction eager
         and (if compiled) compiled with the default loader, and compiled with run 1's framing threads."""
-        from vislaw import loader
+        from vislaw import jpeg, loader
 
         count, distinct, sides = (128, 16, (60, 120)) if tiny else (2048, 128, (250, 500))
         (root / "jpeg").mkdir()
@@ -955,10 +1133,22 @@ def main() -> int:
                 "e2e", first.case.name, f"decode + frame only, {workers} processes",
                 decode_rate(paths, size, batch, workers, device.type == "cuda", processes=True), "img/s",
                 note="vislaw.loader: the ceiling of the GPU's loader (no model)")))
+        gpu_decoder = jpeg.available(device.type)  # on a CPU (--tiny): the same path with libjpeg-turbo
+        if gpu_decoder:
+            run_section(report, budget, "e2e", first.case.name, 20, 5, lambda: report.add(Row(
+                "e2e", first.case.name, "decode + frame only, nvJPEG + framing on the GPU",
+                decode_rate(paths, size, batch, 0, False, device=device), "img/s",
+                note="vislaw.jpeg: the ceiling of the device decoder (no model)")))
         for raw in (True, False):
             run_section(report, budget, "e2e", first.case.name, 20, 5,
                         lambda raw=raw: write_rate(report, root, first.case, len(paths), raw))
         mark("loader and writer ceilings")
+        if "probe" in only:
+            (root / "jpeg1").mkdir()
+            same = write_jpegs(root / "jpeg1", count, 1, (sides[1], sides[1]), seed=1)
+            run_section(report, budget, "probe", first.case.name, 60, 10,
+                        lambda: e2e_probe(report, first, device, root, paths, same))
+            mark("e2e probe")
         fast = first.encoder.fast
         compiled_fn = None
         if fast is not None and fast.compiled is not None:  # eager first: the blocks uncompiled for now
@@ -968,9 +1158,23 @@ def main() -> int:
         out = run_section(report, budget, "e2e", first.case.name, 45, 10,
                           lambda: e2e_section(report, first, device, root, paths, None, "vislaw fast (eager)", "fast"))
         mark("e2e eager")
+        if gpu_decoder:
+            out_device = run_section(report, budget, "e2e", first.case.name, 45, 10,
+                                     lambda: e2e_section(report, first, device, root, paths, None,
+                                                         "vislaw fast (eager)", "fast", decoder="device"))
+            mark("e2e eager, nvJPEG")
+            if out is not None and out_device is not None:
+                run_section(report, budget, "equal", first.case.name, 30, 5,
+                            lambda: decoder_equality(report, first.case, device, out, out_device, paths))
+                mark("decoder equality")
         if compiled_fn is not None and "compiled:default" in first.rates:
             fast._block_fn, fast.compiled = compiled_fn
             label = "vislaw fast + torch.compile default"
+            if gpu_decoder:
+                run_section(report, budget, "e2e", first.case.name, 45, 15,
+                            lambda: e2e_section(report, first, device, root, paths, None, label, "compiled:default",
+                                                decoder="device"))
+                mark("e2e compiled, nvJPEG")
             run_section(report, budget, "e2e", first.case.name, 45, 15,
                         lambda: e2e_section(report, first, device, root, paths, None, label, "compiled:default"))
             mark("e2e compiled")
@@ -995,8 +1199,13 @@ def main() -> int:
             states[case.name] = state
             if compiling:  # compiled right after, while the tower is on the device
                 run_section(report, budget, "compile", case.name, 60, 20,
-                            lambda state=state: compile_section(report, state, device, rate, None))
+                            lambda state=state: compile_section(report, state, device, rate, None,
+                                                                double_batch="batch" in only))
                 mark(f"compile {case.name}")
+                if "profile" in only and case.name in ("clip_l14_336", "dinov2_l14_224"):
+                    run_section(report, budget, "profile", case.name, 20, 5,
+                                lambda state=state: profile_section(report, state, device))
+                    mark(f"profile {case.name}")
             if index == 0 and "e2e" in only:  # e2e before the other towers: it matters more than they do
                 cache = end_to_end(state)
             if index > 0:

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 import vislaw
-from vislaw import loader
+from vislaw import jpeg, loader
 from vislaw.encoders import Encoder, EncoderSpec, create_encoder
 from vislaw.encoders.concat import resampling_record
 from vislaw.encoders.frame import framed_pixels, preprocessing_record
@@ -53,6 +53,7 @@ LAYOUT = "tokens[image, grid_h*grid_w (row-major), channel]"
 # 3,050, SigLIP@256 2,974 -> 3,338): it pays from ~30,000-50,000 images (SPair's ~1,800 never), more where
 # a fresh machine compiles its Triton kernels cold.
 COMPILE_MIN_IMAGES = 50_000
+DECODERS = ("pil", "device")
 
 
 class CacheMismatchError(RuntimeError):
@@ -105,6 +106,7 @@ def extract_to_h5(
     compile_mode: str | None = "auto",
     compute_dtype: torch.dtype | None = None,
     loader_processes: bool | None = None,
+    decoder: str = "pil",
 ) -> dict[str, Any]:
     """Extract ``spec``'s tokens for every image into ``out_path``; returns the recorded protocol.
 
@@ -120,6 +122,10 @@ def extract_to_h5(
     workers are processes (`vislaw.loader`; default on a GPU, on Linux) or threads (default on a CPU, where
     the model is slower than any loader): ``loader_processes`` chooses. Default count: processes, the
     usable CPUs less two (at most 16); threads, the CPU count (at most 16).
+    ``decoder``: ``"pil"`` (the default) is that loader; ``"device"`` decodes JPEGs on the extraction's
+    device and frames them there (`vislaw.jpeg`; PNGs through Pillow). On a CPU that gives Pillow's pixels
+    to within one level; on a GPU nvJPEG's hardware decoder rounds differently (1-2 levels on average on an
+    H200, features 3e-2 apart), so it is not the default: see bench/NOTES.md, change 15.
     ``encoder``: an already built encoder of this very spec, to reuse it across datasets. ``compile_mode``:
     ``torch.compile`` the encoder's blocks on a GPU (``"default"`` or a torch.compile mode such as
     ``"max-autotune-no-cudagraphs"``) where its kind supports it; ``"auto"`` (the default) is ``"default"``
@@ -148,6 +154,10 @@ def extract_to_h5(
         threads = loader.default_workers() if processes else min(16, os.cpu_count() or 1)
     if compile_mode == "auto":
         compile_mode = "default" if torch_device.type == "cuda" and len(paths) >= COMPILE_MIN_IMAGES else None
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "device" and not jpeg.available(torch_device.type):
+        raise RuntimeError(f"decoder 'device': torchvision cannot decode JPEGs on {torch_device.type} here")
 
     if encoder is None:
         encoder = create_encoder(spec)
@@ -161,8 +171,11 @@ def extract_to_h5(
         h5.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
         bar = tqdm(total=len(paths), desc=f"extract {spec.name or spec.kind}", unit="img", file=sys.stderr)
         with bar, torch.inference_mode(), _TokenWriter(h5, len(paths), bar) as writer:
-            for start, batch in _framed_batches(paths, batch_size, spec.image_size, spec.frame, threads, pin,
-                                                processes):
+            if decoder == "device":
+                batches = jpeg.framed_batches(paths, batch_size, spec.image_size, spec.frame, torch_device)
+            else:
+                batches = _framed_batches(paths, batch_size, spec.image_size, spec.frame, threads, pin, processes)
+            for start, batch in batches:
                 batch = batch.to(torch_device, non_blocking=True)
                 with _autocast(torch_device, autocast_dtype):
                     tokens = encoder.tokens(batch)[spec.layer]
@@ -170,6 +183,8 @@ def extract_to_h5(
         fast = getattr(encoder, "fast", None)  # the fused ViT path of kind hf (None elsewhere)
         compute = {"device": torch_device.type, "autocast": str(autocast_dtype),
                    "compile": getattr(fast, "compiled", None) if torch_device.type == "cuda" else None}
+        if decoder == "device":  # recorded only when not the CPU loader, so older caches read the same
+            compute["decoder"] = f"torchvision on {torch_device.type}"
         if torch_device.type == "cuda" and fast is not None:
             compute["attention"] = fast.attention  # SDPA preference as run: "cudnn" first, or torch's "default"
         h5.attrs.update({
@@ -189,9 +204,15 @@ def extract_to_h5(
 class _TokenWriter:
     """Writes token batches into the cache's ``tokens`` from a background thread.
 
-    `put` starts the copy of a device tensor into pinned host memory and queues it with a CUDA event; the
+    `put` starts the copy of a device tensor into a pinned host buffer and queues it with a CUDA event; the
     thread waits for the event, then writes. The main thread thus never synchronises with the GPU, which
-    keeps running the next batches; the bounded queue is the only back-pressure.
+    keeps running the next batches; the free buffers are the only back-pressure.
+
+    The pinned buffers are a ring made once per extraction (``depth`` + 2 batches), and the copies run on
+    their own CUDA stream, after the batch that made the tokens and beside the next one. A fresh pinned
+    tensor per batch (vislaw before) halved the writer's rate inside the pipeline on an H200 (CLIP@336: 890
+    img/s with the model replaced by fixed tokens, against 1,980-2,370 img/s for the same writes from one
+    reused buffer): pinning 75 MB per batch costs more than writing it.
 
     Writes go around h5py: ``tokens`` is created with its chunks allocated up front (no fill values), and
     each batch's bytes are written with ``os.pwrite`` at its chunks' file offsets (one call per run of
@@ -206,7 +227,12 @@ class _TokenWriter:
         self.offsets: np.ndarray | None = None  # file offset of each row's chunk (raw writes), else None
         self.row_bytes = 0
         self.fd = -1
-        self.queue: queue.Queue[tuple[int, torch.Tensor, torch.cuda.Event | None] | None] = queue.Queue(depth)
+        self.depth = depth
+        self.queue: queue.Queue[tuple[int, torch.Tensor, torch.cuda.Event | None, int] | None] = queue.Queue(
+            depth + 3)
+        self.ring: list[torch.Tensor] = []  # pinned host buffers (CUDA only), made at the first batch
+        self.free: queue.Queue[int] = queue.Queue()  # indices of ring buffers the writer is done with
+        self.copy_stream: torch.cuda.Stream | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="vislaw-h5-writer", daemon=True)
 
@@ -246,31 +272,52 @@ class _TokenWriter:
         if self.dataset is None:
             # Shape known only after the first batch (channels, prefix count).
             self._create(tuple(tokens.shape[1:]))
-        event = None
-        if tokens.device.type == "cuda":
-            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        if tokens.device.type != "cuda":
+            self.queue.put((start, tokens, None, -1))
+            return
+        if not self.ring:  # the first batch is the largest (only the last can be shorter)
+            self.ring = [torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+                         for _ in range(self.depth + 2)]
+            for slot in range(len(self.ring)):
+                self.free.put(slot)
+            self.copy_stream = torch.cuda.Stream(tokens.device)
+        if len(tokens) > len(self.ring[0]):
+            raise ValueError(f"batch of {len(tokens)} rows after batches of {len(self.ring[0])}")
+        while True:  # a free buffer, or the writer's error
+            try:
+                slot = self.free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if self.error is not None or not self.thread.is_alive():
+                    raise self.error or RuntimeError("the cache writer thread stopped")
+        host = self.ring[slot][: len(tokens)]
+        assert self.copy_stream is not None
+        self.copy_stream.wait_stream(torch.cuda.current_stream(tokens.device))  # after the tokens are made
+        with torch.cuda.stream(self.copy_stream):
             host.copy_(tokens, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
-            tokens = host
-        self.queue.put((start, tokens, event))
+            event.record(self.copy_stream)
+        tokens.record_stream(self.copy_stream)  # its memory is not reused before the copy has read it
+        self.queue.put((start, host, event, slot))
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
-            if self.error is not None:
-                continue
-            start, tokens, event = item
+            start, tokens, event, slot = item
             try:
-                if event is not None:
-                    event.synchronize()
-                array = np.ascontiguousarray(tokens.numpy())
-                if self.offsets is None:
-                    self.dataset[start : start + len(array)] = array
-                else:
-                    self._pwrite(start, array)
-                self.bar.update(len(array))
+                if self.error is None:
+                    if event is not None:
+                        event.synchronize()
+                    array = np.ascontiguousarray(tokens.numpy())
+                    if self.offsets is None:
+                        self.dataset[start : start + len(array)] = array
+                    else:
+                        self._pwrite(start, array)
+                    self.bar.update(len(array))
             except BaseException as err:  # re-raised in the main thread
                 self.error = err
+            finally:
+                if slot >= 0:
+                    self.free.put(slot)
 
     def _pwrite(self, start: int, array: np.ndarray) -> None:
         assert self.offsets is not None

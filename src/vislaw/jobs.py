@@ -54,12 +54,14 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
         # decoding threads beside the model: as many as the job's torch threads, so a CPU job stays in
         # its share of the cores; on a GPU the library's default (worker processes on the usable CPUs
         # less two) feeds the device. VISLAW_COMPILE: torch.compile mode on a GPU ("auto": from
-        # features.COMPILE_MIN_IMAGES images on; "off": never).
+        # features.COMPILE_MIN_IMAGES images on; "off": never). VISLAW_DECODER: "pil" (default) or "device"
+        # (JPEGs decoded on the GPU by nvJPEG: other rounding, see features.extract_to_h5).
         loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else None
         compile_mode = os.environ.get("VISLAW_COMPILE", "auto")
         extract_to_h5(dict(spec), images.paths, out_h5, image_ids=images.ids, batch_size=batch_size,
                       device=device, encoder=encoder, loader_threads=loaders,
-                      compile_mode=None if compile_mode in ("", "off", "none", "0") else compile_mode)
+                      compile_mode=None if compile_mode in ("", "off", "none", "0") else compile_mode,
+                      decoder=os.environ.get("VISLAW_DECODER", "pil"))
 
 
 def expected_protocol(spec: Mapping[str, Any], data_dir: str, dataset: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,6 +74,90 @@ def frame_image(image: Image.Image, size: int, mode: str = "pad") -> tuple[Image
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return image, frame
+
+
+def frame_tensors(images: Sequence[torch.Tensor], size: int, mode: str = "pad") -> torch.Tensor:
+    """`frame_image` on decoded images, with torch ops on their device: (B, 3, size, size) uint8.
+
+    ``images``: (3, h, w) uint8 RGB tensors on one device (a GPU decoder's output, say). The result is
+    PIL's to within one level on a few pixels in ten thousand (tests/test_jpeg.py): PIL resizes in two
+    separable passes and stores the intermediate as rounded uint8; the same two passes are made here with
+    torch's antialiased bicubic (PIL's a = -0.5 kernel), rounding in between, in the order PIL takes for
+    that shape (`pil_pass_order`). Images of one shape are framed together, so a batch of SPair images
+    costs a few kernels per distinct shape.
+    """
+    import torch
+
+    if mode not in ("pad", "stretch"):
+        raise ValueError(f"frame mode must be 'pad' or 'stretch', got {mode!r}")
+    if not images:
+        raise ValueError("no images to frame")
+    device = images[0].device
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=device)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image {i}: expected a (3, h, w) uint8 tensor, got {tuple(image.shape)} {image.dtype}")
+        by_shape.setdefault((int(image.shape[1]), int(image.shape[2])), []).append(i)
+    for (height, width), rows in by_shape.items():
+        group = torch.stack([images[i] for i in rows])
+        frame = SquareFrame(width, height, mode)
+        if mode == "pad" and width != height:
+            canvas = torch.zeros((len(rows), 3, frame.side, frame.side), dtype=torch.uint8, device=device)
+            left, top = frame.offset
+            canvas[:, :, top : top + height, left : left + width] = group
+            group = canvas
+        out[rows] = _pil_like_resize(group, size, size)
+    return out
+
+
+def _pil_like_resize(group: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(b, 3, h, w) uint8 -> (b, 3, height, width) uint8 in PIL's two rounded bicubic passes."""
+    import torch
+
+    h, w = int(group.shape[2]), int(group.shape[3])
+    if (h, w) == (height, width):
+        return group
+    x = group.float()
+    for axis in pil_pass_order(w, h, width, height):
+        if axis == "horizontal" and w != width:
+            x = _bicubic(x, x.shape[2], width)
+        elif axis == "vertical" and h != height:
+            x = _bicubic(x, height, x.shape[3])
+    return x.to(torch.uint8)
+
+
+def _bicubic(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    x = F.interpolate(x, size=(int(height), int(width)), mode="bicubic", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255)
+
+
+@lru_cache(maxsize=4096)
+def pil_pass_order(width: int, height: int, out_width: int, out_height: int) -> tuple[str, str]:
+    """The order of PIL's two resize passes for this shape, found by asking PIL once per shape.
+
+    Pillow's C code has run the horizontal pass first, but the installed Pillow (13) runs the vertical one
+    first for some shapes (a width that grows while the height shrinks, and others), and the order decides
+    the rounding of the uint8 intermediate (a quarter of the pixels move by a level or more). So a small
+    random image of the same shapes is resized by PIL and by both orders here, and the closer order wins.
+    """
+    import torch
+
+    rng = np.random.default_rng(0)
+    probe = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(probe).resize((out_width, out_height), Image.Resampling.BICUBIC))
+    x = torch.from_numpy(probe.copy()).permute(2, 0, 1)[None].float()
+    horizontal_first = _bicubic(_bicubic(x, height, out_width), out_height, out_width)
+    vertical_first = _bicubic(_bicubic(x, out_height, width), out_height, out_width)
+
+    def mismatches(y: torch.Tensor) -> int:
+        return int((y[0].permute(1, 2, 0).numpy().astype(np.uint8) != expected).sum())
+
+    if mismatches(vertical_first) < mismatches(horizontal_first):
+        return ("vertical", "horizontal")
+    return ("horizontal", "vertical")
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
