@@ -209,10 +209,10 @@ class _TokenWriter:
     keeps running the next batches; the free buffers are the only back-pressure.
 
     The pinned buffers are a ring made once per extraction (``depth`` + 2 batches), and the copies run on
-    their own CUDA stream, after the batch that made the tokens and beside the next one. A fresh pinned
-    tensor per batch (vislaw before) halved the writer's rate inside the pipeline on an H200 (CLIP@336: 890
-    img/s with the model replaced by fixed tokens, against 1,980-2,370 img/s for the same writes from one
-    reused buffer): pinning 75 MB per batch costs more than writing it.
+    their own CUDA stream, after the batch that made the tokens and beside the next one, instead of a fresh
+    pinned tensor per batch copied on the compute stream (vislaw before): on an H200, CLIP@336 extraction
+    with the disk writes skipped went from 91 % to 100 % of the model's rate (bench/NOTES.md, change 16).
+    The writes themselves ran at ~1.1 GB/s inside the pipeline either way, half their rate alone.
 
     Writes go around h5py: ``tokens`` is created with its chunks allocated up front (no fill values), and
     each batch's bytes are written with ``os.pwrite`` at its chunks' file offsets (one call per run of
