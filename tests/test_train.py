@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from vislaw.llm import PretrainConfig, TinyLlamaConfig, load_llm, pretrain_llm, train_tokenizer
-from vislaw.train import TrainConfig, caption_loglik, score_options, train_mllm, train_projector
+from vislaw.train import (Projector, TrainConfig, caption_loglik, generate_answers, score_options, train_mllm,
+                          train_projector)
 
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "triangle"]
@@ -105,6 +106,23 @@ def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path)
     print(f"stage-2 accuracy {accuracy:.3f}")
     assert accuracy > 0.5, accuracy  # chance is 0.25
     assert all(len(s) == 4 and all(math.isfinite(v) for v in s) for s in scores)
+
+
+def test_batched_generation_gives_the_one_at_a_time_answers(tiny_llm: Path) -> None:
+    """Prompts of different lengths, right-padded together: each answer must be read at its own row's last
+    real position (reading the batch's last column would read padding for the shorter prompts)."""
+    llm, tokenizer = load_llm(tiny_llm)
+    torch.manual_seed(3)
+    projector = Projector(12, 32).eval()
+    features, _, _ = features_and_captions(7, seed=4)
+    prompts = ["what colour?", "what colour is the small circle on the left of the red square?", "a", "a small",
+               "where is the large blue triangle?", "red", "is it green or yellow or blue or red?"]
+    one_by_one = generate_answers(llm, projector, tokenizer, features, prompts, max_new_tokens=5, batch_size=1)
+    lengths = {len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}
+    assert len(lengths) >= 5 and len(set(one_by_one)) >= 2  # padding differs per row; the answers differ
+    for batch_size in (3, 64):
+        assert generate_answers(llm, projector, tokenizer, features, prompts, max_new_tokens=5,
+                                batch_size=batch_size) == one_by_one
 
 
 def test_token_pooling_averages_grid_neighbourhoods() -> None:

@@ -359,21 +359,35 @@ def generate_answers(
     features: torch.Tensor,
     prompts: Sequence[str],
     max_new_tokens: int = 4,
+    batch_size: int = 64,
 ) -> list[str]:
-    """Greedy answers after ``<s> [visual] prompt``, stopped at ``</s>``; one forward pass per new token
-    over the whole (short) sequence, which is simple and fast enough for the mini-world's tiny LM."""
-    answers = []
-    for row, prompt in enumerate(prompts):
-        ids, _ = tokenize_parts(tokenizer, [TextPart(prompt, False)], end_with_eos=False)
-        generated: list[int] = []
+    """Greedy answers after ``<s> [visual] prompt``, each stopped at its ``</s>``.
+
+    ``batch_size`` prompts at a time, right-padded: each new token is read at its row's last real position,
+    which (causal attention) sees no padding, so the answers are the one-prompt-at-a-time answers (tested).
+    One forward pass per new token over the whole (short) sequences, which is simple and fast enough for
+    the mini-world's tiny LM: a 100-question benchmark takes ~4 passes instead of ~300.
+    """
+    prompt_ids = [tokenize_parts(tokenizer, [TextPart(p, False)], end_with_eos=False)[0] for p in prompts]
+    generated: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    for start in range(0, len(prompts), batch_size):
+        rows = range(start, min(len(prompts), start + batch_size))
         for _ in range(max_new_tokens):
-            embeds, _, _, attention = build_batch(llm, projector, features[row : row + 1], [(ids + generated, [False] * len(ids + generated))], tokenizer)
-            next_id = int(llm(inputs_embeds=embeds, attention_mask=attention).logits[0, -1].argmax())
-            if next_id == tokenizer.eos_token_id:
+            active = [r for r in rows if not finished[r]]
+            if not active:
                 break
-            generated.append(next_id)
-        answers.append(tokenizer.decode(generated).strip())
-    return answers
+            texts = [(prompt_ids[r] + generated[r], [False] * (len(prompt_ids[r]) + len(generated[r])))
+                     for r in active]
+            embeds, _, _, attention = build_batch(llm, projector, features[active], texts, tokenizer)
+            logits = llm(inputs_embeds=embeds, attention_mask=attention).logits
+            last = attention.sum(dim=1) - 1
+            for r, next_id in zip(active, logits[torch.arange(len(active)), last].argmax(dim=-1).tolist()):
+                if next_id == tokenizer.eos_token_id:
+                    finished[r] = True
+                else:
+                    generated[r].append(int(next_id))
+    return [tokenizer.decode(ids).strip() for ids in generated]
 
 
 def save_mllm(out_dir: str, llm: nn.Module, tokenizer: Tokenizer, projector: Projector,
