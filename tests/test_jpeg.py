@@ -22,6 +22,9 @@ from vislaw import jpeg
 from vislaw.encoders.frame import frame_tensors, framed_pixels
 from vislaw.features import extract_to_h5, extraction_protocol, read_features
 
+# torchvision 0.29 marks its image decoders deprecated (in favour of TorchCodec); they still work.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
 # SPair-like shapes (landscape, portrait, square, odd sides) and one smaller than the frame (upscaled).
 SHAPES = [(500, 375), (375, 500), (333, 500), (300, 300), (281, 500), (96, 70)]
 
