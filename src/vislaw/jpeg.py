@@ -88,7 +88,7 @@ def framed_batches(paths: Sequence[Path], batch_size: int, size: int, mode: str,
                 reads: deque[Future[bytes]] = deque()
                 upcoming = iter(paths)
                 for path in itertools.islice(upcoming, (AHEAD + 1) * batch_size):  # files read ahead, bounded
-                    reads.append(readers.submit(_read, path))
+                    reads.append(readers.submit(Path(path).read_bytes))
                 for start in range(0, len(paths), batch_size):
                     if stop.is_set():
                         return
@@ -97,7 +97,7 @@ def framed_batches(paths: Sequence[Path], batch_size: int, size: int, mode: str,
                         chunk.append(reads.popleft().result())
                         following = next(upcoming, None)
                         if following is not None:
-                            reads.append(readers.submit(_read, following))
+                            reads.append(readers.submit(Path(following).read_bytes))
                     batch = _decode_and_frame(paths[start : start + len(chunk)], chunk, size, mode, device)
                     event = None
                     if cuda:
@@ -144,34 +144,26 @@ def _decode_and_frame(paths: Sequence[Path], blobs: list[bytes], size: int, mode
         try:
             for i, image in zip(jpegs, decode_jpeg(data, mode=ImageReadMode.RGB, device=device)):
                 decoded[i] = image
-        except RuntimeError as error:  # one bad file fails the batch: decode one by one, Pillow for the rest
+        except RuntimeError:  # one bad file fails the batch: decode one by one, Pillow for the rest
             for i, one in zip(jpegs, data):
                 try:
                     decoded[i] = decode_jpeg([one], mode=ImageReadMode.RGB, device=device)[0]
-                except RuntimeError:
+                except RuntimeError as error:
                     warnings.warn(f"{paths[i]}: torchvision could not decode it ({error}); framed by Pillow",
                                   stacklevel=2)
-    batch = frame_tensors([d for d in decoded if d is not None], size, mode) if any(
-        d is not None for d in decoded) else None
-    if all(d is not None for d in decoded):
-        return batch  # type: ignore[return-value]
-    out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8, device=device)
     done = [i for i, d in enumerate(decoded) if d is not None]
+    if len(done) == len(blobs):
+        return frame_tensors(decoded, size, mode)  # type: ignore[arg-type]  # none is None here
+    out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8, device=device)
     if done:
-        out[done] = batch
-    for i, d in enumerate(decoded):
-        if d is None:  # not a JPEG (or refused): Pillow frames it, as the CPU loader does
-            try:
-                pixels = framed_pixels(paths[i], size, mode).transpose(2, 0, 1)
-            except Exception as error:
-                raise RuntimeError(f"could not load/frame {paths[i]}: {error}") from error
-            out[i] = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+        out[done] = frame_tensors([decoded[i] for i in done], size, mode)  # type: ignore[misc]
+    for i in sorted(set(range(len(blobs))) - set(done)):  # not a JPEG (or refused): Pillow frames it
+        try:
+            pixels = framed_pixels(paths[i], size, mode).transpose(2, 0, 1)
+        except Exception as error:
+            raise RuntimeError(f"could not load/frame {paths[i]}: {error}") from error
+        out[i] = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
     return out
-
-
-def _read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _put(ready: queue.Queue[Any], stop: threading.Event, item: Any) -> None:
