@@ -46,18 +46,22 @@ def main() -> None:
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0, help="stage-2 seed (order of the conversations)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llm", type=Path, help="the LM folder (default: the run's)")
+    parser.add_argument("--group", type=int, default=0, help="group_by_length (batches per sorted run)")
+    parser.add_argument("--norm", action="store_true", help="LayerNorm before the projector (ln_mlp2x_gelu)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results, data = args.results, args.results / "data"
-    llm, tokenizer = load_llm(results / "llm")
+    llm, tokenizer = load_llm(args.llm or results / "llm")
     quiet = open("/dev/null", "w")
 
     captions = caption_records(data, "train")
     start = time.time()
     projector, losses = train_projector(
         llm, tokenizer, cached(results, args.encoder, "caption_train", [r["image"] for r in captions]),
-        [r["caption"] for r in captions], TrainConfig(epochs=args.stage1_epochs, lr=args.stage1_lr), quiet,
-        pool=args.pool)
+        [r["caption"] for r in captions],
+        TrainConfig(epochs=args.stage1_epochs, lr=args.stage1_lr, group_by_length=args.group), quiet,
+        pool=args.pool, norm=args.norm)
     probe = caption_records(data, "probe")
     x = cached(results, args.encoder, "caption_probe", [r["image"] for r in probe])
     text = [r["caption"] for r in probe]
@@ -72,7 +76,8 @@ def main() -> None:
     losses = train_mllm(llm, projector, tokenizer, cached(results, args.encoder, "caption_train",
                                                          [r["image"] for r in records]),
                         [jobs._qa_turn(r) for r in records],
-                        TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, seed=args.seed), quiet)
+                        TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, seed=args.seed,
+                                    group_by_length=args.group), quiet)
     print(f"stage 2: {len(losses)} steps in {time.time() - start:.0f} s, loss {np.mean(losses[:5]):.3f} -> "
           f"{np.mean(losses[-5:]):.3f}", flush=True)
 

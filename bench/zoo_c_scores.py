@@ -34,6 +34,7 @@ ZOO: dict[str, tuple[str, dict[str, Any], int]] = {
     "contrastive_64": ("contrastive", {"image_size": 64}, 64),
     "contrastive_96": ("contrastive", {}, 96),
     "selfsup": ("selfsup", {}, 96),
+    "selfsup_shuffled": ("selfsup", {"channel_shuffle": 0.8}, 96),  # the RGB-permuting views of session 4
     "denoise": ("denoise", {}, 96),
     "denoise_cnn": ("denoise", {"arch": {"arch": "cnn"}}, 96),
     "denoise_vit": ("denoise", {"arch": {"arch": "vit"}}, 96),

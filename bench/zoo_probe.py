@@ -33,16 +33,18 @@ def main() -> None:
     parser.add_argument("--objective", default="contrastive")
     parser.add_argument("--steps", default="150,600")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], help="a training setting, key=value (JSON value)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     records = json.loads((args.results / "data" / "captions" / "train.json").read_text())
     single = [r for r in records if len(r["objects"]) == 1]
     cut = int(0.7 * len(single))
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     with tempfile.TemporaryDirectory(prefix="zoo_probe_") as scratch:
         for steps in [int(s) for s in args.steps.split(",") if s]:
             out = Path(scratch) / f"{args.objective}_{steps}"
             start = time.perf_counter()
-            record = train_encoder(args.objective, args.results / "data", out, {"steps": steps})
+            record = train_encoder(args.objective, args.results / "data", out, {"steps": steps, **overrides})
             seconds = time.perf_counter() - start
             spec = {"kind": "mini", "weights": str(out), "image_size": int(record["config"]["image_size"]),
                     "patch": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "layer": -2, "drop_prefix": True,

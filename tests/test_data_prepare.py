@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from vislaw.data import spair
-from vislaw.data.datasets import image_set, qa_skills, read_records
+from vislaw.data.datasets import CORPUS_FILE, image_set, qa_skills, read_corpus, read_records
 from vislaw.data.prepare import DataSourceError, check_source, prepare_data
 from vislaw.data.text import mc_prompt
 
@@ -111,7 +111,7 @@ def test_prepared_folder_has_the_layout_image_set_reads(source: dict[str, Any], 
     assert (out / "source" / "captions_train.json").resolve() == Path(source["captions"]["train"]).resolve()
     assert (out / "source" / "instruct_train.json").read_text() == Path(source["instruct"]["train"]).read_text()
 
-    corpus = (out / "corpus.txt").read_text().splitlines()
+    corpus = read_corpus(out / CORPUS_FILE)
     assert corpus[:8] == [r["caption"] for r in read_records(out / "captions" / "train.json")]
     assert "What number is this?" in corpus
     assert manifest["counts"]["caption_source"] == N_CAPTIONS

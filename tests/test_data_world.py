@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from vislaw.data import spair, world
+from vislaw.data.datasets import CORPUS_FILE, read_corpus
 from vislaw.data.render import render_scene
 from vislaw.data.scene import (
     COLOUR_NAMES,
@@ -82,7 +83,11 @@ def test_manifest_lists_counts_params_and_fingerprint(worlds):
     assert all(
         counts["qa"][s] == {"train": params.n_qa_train_per_skill, "test": params.n_qa_test_per_skill} for s in SKILLS
     )
-    assert len((root / "corpus.txt").read_text().splitlines()) == counts["corpus_lines"]
+    corpus = read_corpus(root / CORPUS_FILE)
+    assert len(corpus) == counts["corpus_lines"]
+    # every stage-2 turn is in the LM's corpus as one document: the prompt's lines, then the answer
+    turn = json.loads((root / "qa" / "instruct_train.json").read_text())[0]["conversations"]
+    assert turn[0]["value"].removeprefix("<image>\n") + turn[1]["value"] in corpus
     with Image.open(root / world.GRID) as grid:
         assert grid.format == "PNG" and grid.width > 200
 
@@ -240,3 +245,12 @@ def test_params_reject_unknown_keys():
         world.WorldParams.from_mapping({"n_pairz": {"trn": 1}})
     with pytest.raises(ValueError, match="splits"):
         world.WorldParams.from_mapping({"n_pairs": {"trn": 1, "test": 1}})
+
+
+def test_a_bad_corpus_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / CORPUS_FILE
+    path.write_text('{"text": "a red star"}\n\n{"text": "What colour?\\nA. red"}\n["not", "an object"]\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl, line 4: not a JSON object"):
+        read_corpus(path)
+    path.write_text('{"text": "a red star"}\n\n{"text": "What colour?\\nA. red"}\n')
+    assert read_corpus(path) == ["a red star", "What colour?\nA. red"]

@@ -62,7 +62,7 @@ def test_external_evaluation_reads_each_benchmarks_own_metric(tmp_path: Path) ->
     assert (record["score"], record["metric"]) == (1502.7, "mme_percetion_score,none")
 
 
-def test_external_stage_1_with_token_pooling_is_refused_before_any_work(tmp_path: Path) -> None:
+def test_external_stage_1_with_token_pooling_or_a_normed_projector_is_refused_before_any_work(tmp_path: Path) -> None:
     import pytest
 
     from vislaw.jobs import train_projector
@@ -72,4 +72,7 @@ def test_external_stage_1_with_token_pooling_is_refused_before_any_work(tmp_path
     with pytest.raises(ValueError, match="stage1.pool: LLaVA's mm_projector.bin has no token pooling"):
         train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
                         {"command": "touch $output_dir/mm_projector.bin", "pool": 2}, str(out))
+    with pytest.raises(ValueError, match="stage1.projector: LLaVA's mm_projector.bin is an mlp2x_gelu"):
+        train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
+                        {"command": "touch $output_dir/mm_projector.bin", "projector": "ln_mlp2x_gelu"}, str(out))
     assert not out.exists()

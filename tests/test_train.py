@@ -200,3 +200,44 @@ def test_logits_only_from_the_first_scored_position_give_the_same_losses_and_gra
     width = 1 + 4 + max(len(ids) for ids, _ in texts)
     first = min(flags.index(True) for _, flags in texts)
     assert calls == [width - (1 + 4 + first) + 1] and calls[0] < width  # the LM head saw only the kept positions
+
+
+def test_normed_projector_is_scale_free_and_keeps_its_norm_through_save_and_load(tmp_path: Path) -> None:
+    """ln_mlp2x_gelu: tokens scaled by 10 project to the same embeddings (the LayerNorm takes the scale out;
+    the plain mlp2x_gelu does not), and a saved normed projector loads normed; LLaVA's format refuses it."""
+    from vislaw.train import load_projector, projector_to_llava, save_projector
+
+    torch.manual_seed(0)
+    normed, plain = Projector(12, 8, pool=2, norm=True), Projector(12, 8, pool=2)
+    tokens = torch.randn(2, 16, 12)
+    torch.testing.assert_close(normed(10 * tokens), normed(tokens), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain(10 * tokens), plain(tokens), atol=1e-2)
+    save_projector(str(tmp_path / "p.pt"), normed, {})
+    loaded, _ = load_projector(str(tmp_path / "p.pt"))
+    assert loaded.normed and loaded.pool == 2
+    torch.testing.assert_close(loaded(tokens), normed(tokens))
+    with pytest.raises(ValueError, match="ln_mlp2x_gelu"):
+        projector_to_llava(str(tmp_path / "p.pt"), str(tmp_path / "mm_projector.bin"))
+
+
+def test_length_grouped_batches_cover_the_same_items_with_less_padding() -> None:
+    """group_by_length: each epoch still visits every item once, in batches sorted by length within runs of
+    ``group`` batches, so the padded width shrinks; without lengths the batches are the plain shuffle."""
+    from vislaw.train import _batches
+
+    lengths = [3 + (7 * i) % 40 for i in range(64)]
+    plain = list(_batches(64, 8, 2, torch.Generator().manual_seed(0)))
+    grouped = list(_batches(64, 8, 2, torch.Generator().manual_seed(0), lengths, group=4))
+    assert len(plain) == len(grouped) == 16
+    for epoch in (slice(0, 8), slice(8, 16)):  # 64 items, 8 per batch: one epoch is 8 batches
+        assert sorted(torch.cat(grouped[epoch]).tolist()) == list(range(64))
+    first_run = torch.cat(grouped[:4])
+    assert sorted(first_run.tolist()) == sorted(torch.cat(plain[:4]).tolist())  # the same items, reordered
+    assert [lengths[i] for i in first_run.tolist()] == sorted((lengths[i] for i in first_run.tolist()), reverse=True)
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b.tolist()) for b in batches)
+
+    assert padded(grouped) < 0.8 * padded(plain)
+    assert [b.tolist() for b in _batches(64, 8, 2, torch.Generator().manual_seed(0), lengths, group=1)] == \
+        [b.tolist() for b in plain]

@@ -171,3 +171,24 @@ def test_random_setting_records_no_training(checkpoints: dict[str, Path]) -> Non
     record = read_checkpoint_record(checkpoints["cnn"])
     assert record["objective"] == "random" and record["loss_curve"] == [] and record["config"]["seed"] == 1
     assert not (checkpoints["cnn"] / "heads.pt").exists()
+
+
+def test_selfsup_views_keep_colours_unless_channel_shuffling_is_asked_for() -> None:
+    """jitter_colours with only the channel permutation left: probability 0 (the default) returns every image
+    as it was; probability 1 permutes each image's channels (the same three planes, reordered), and some of
+    eight images get a non-identity order."""
+    from vislaw.zoo.data import Augment, jitter_colours
+
+    images = torch.rand(8, 3, 6, 6)
+    plain = dict(brightness=0.0, contrast=0.0, saturation=0.0, grayscale=0.0)
+    assert Augment().channel_shuffle == 0.0
+    kept = jitter_colours(images.clone(), Augment(**plain), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(kept, images)
+    shuffled = jitter_colours(images.clone(), Augment(**plain, channel_shuffle=1.0), torch.Generator().manual_seed(0))
+    moved = 0
+    for before, after in zip(images, shuffled):
+        order = [next(j for j in range(3) if torch.allclose(after[c], before[j], atol=1e-6)) for c in range(3)]
+        assert sorted(order) == [0, 1, 2]
+        moved += order != [0, 1, 2]
+    assert moved > 0
+    assert training_config("selfsup")["channel_shuffle"] == 0.0

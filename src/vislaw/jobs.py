@@ -143,9 +143,11 @@ def pretrain_llm(data_dir: str, settings: Mapping[str, Any], out_dir: str) -> No
     model_keys = set(TinyLlamaConfig.__dataclass_fields__)
     model = TinyLlamaConfig(**{k: v for k, v in settings.items() if k in model_keys})
     schedule = PretrainConfig(**{k: v for k, v in settings.items() if k not in model_keys})
-    corpus = [line for line in (Path(data_dir) / "corpus.txt").read_text(encoding="utf-8").splitlines() if line]
+    from vislaw.data.datasets import CORPUS_FILE, read_corpus
+
+    corpus = read_corpus(Path(data_dir) / CORPUS_FILE)
     losses = train(corpus, out_dir, model, schedule)
-    print(f"pretrain_llm: {len(corpus)} lines, loss {losses[0]:.3f} -> {losses[-1]:.3f}", file=sys.stderr)
+    print(f"pretrain_llm: {len(corpus)} documents, loss {losses[0]:.3f} -> {losses[-1]:.3f}", file=sys.stderr)
 
 
 def _cached_tokens(spec: Mapping[str, Any], data_dir: str, dataset: str, features_h5: str,
@@ -187,6 +189,9 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
     if settings.get("command") and int(settings.get("pool", 1)) != 1:
         raise ValueError("stage1.pool: LLaVA's mm_projector.bin has no token pooling; set pool to 1 with "
                          "stage1.command")
+    if settings.get("command") and settings.get("projector", "mlp2x_gelu") != "mlp2x_gelu":
+        raise ValueError("stage1.projector: LLaVA's mm_projector.bin is an mlp2x_gelu; set projector to "
+                         "mlp2x_gelu with stage1.command")
 
     from vislaw.data.datasets import caption_records
     from vislaw.llm import load_llm
@@ -212,10 +217,13 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
                                              llm.get_input_embeddings().embedding_dim)
         record.update({"mode": "external", "command": line, "loss": []})
     else:
-        config = TrainConfig(**{k: v for k, v in settings.items() if k not in ("command", "pool")})
+        config = TrainConfig(**{k: v for k, v in settings.items() if k not in ("command", "pool", "projector")})
         pool = int(settings.get("pool", 1))
-        projector, losses = fit(llm, tokenizer, features, [r["caption"] for r in records], config, pool=pool)
-        record.update({"mode": "builtin", "config": asdict(config), "pool": pool, "loss": losses})
+        kind = settings.get("projector", "mlp2x_gelu")
+        projector, losses = fit(llm, tokenizer, features, [r["caption"] for r in records], config, pool=pool,
+                                norm=kind == "ln_mlp2x_gelu")
+        record.update({"mode": "builtin", "config": asdict(config), "pool": pool, "projector": kind,
+                       "loss": losses})
         print(f"stage 1: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
     save_projector(out_pt, projector, record)
 

@@ -49,14 +49,16 @@ def pool_tokens(tokens: torch.Tensor, stride: int) -> torch.Tensor:
 
 class Projector(nn.Module):
     """LLaVA-1.5's ``mlp2x_gelu``: Linear -> GELU -> Linear, from encoder width to LM width, after optional
-    spatial pooling of the patch tokens (``pool``, see `pool_tokens`)."""
+    spatial pooling of the patch tokens (``pool``, see `pool_tokens`); ``norm`` puts a LayerNorm over the
+    encoder width first (InternVL's projector, ``ln_mlp2x_gelu`` here)."""
 
-    def __init__(self, in_dim: int, out_dim: int, pool: int = 1) -> None:
+    def __init__(self, in_dim: int, out_dim: int, pool: int = 1, norm: bool = False) -> None:
         super().__init__()
         if pool < 1:
             raise ValueError(f"stage1.pool must be >= 1, got {pool}")
+        self.norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
         self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-        self.in_dim, self.out_dim, self.pool = in_dim, out_dim, pool
+        self.in_dim, self.out_dim, self.pool, self.normed = in_dim, out_dim, pool, norm
 
     def n_tokens(self, count: int) -> int:
         """How many visual tokens the LM sees for ``count`` patch tokens."""
@@ -64,7 +66,7 @@ class Projector(nn.Module):
         return count if self.pool == 1 else side * side
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.net(pool_tokens(tokens, self.pool))
+        return self.net(self.norm(pool_tokens(tokens, self.pool)))
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     seed: int = 0
+    group_by_length: int = 0  # > 1: batches of similar length, sorted within runs of this many batches
 
 
 @dataclass(frozen=True)
@@ -162,15 +165,29 @@ def _logits(llm: nn.Module, embeds: torch.Tensor, attention: torch.Tensor, keep:
     return llm(inputs_embeds=embeds, attention_mask=attention).logits[:, -keep:]
 
 
-def _batches(n: int, batch_size: int, epochs: float, generator: torch.Generator):
-    """Shuffled index batches covering ``epochs`` passes over ``n`` items."""
+def _batches(n: int, batch_size: int, epochs: float, generator: torch.Generator,
+             lengths: Sequence[int] | None = None, group: int = 0):
+    """Shuffled index batches covering ``epochs`` passes over ``n`` items.
+
+    With ``lengths`` and ``group`` > 1, each run of ``group`` batches of the shuffled order is sorted by
+    length before it is cut into batches (transformers' ``group_by_length``, LLaVA's
+    ``group_by_modality_length``): a batch is padded to its longest sequence, and the mini-world's captions
+    run from 9 to 48 tokens, so random batches padded stage 1's sequences by a third.
+    """
     steps = max(1, round(epochs * n / batch_size))
+    span = batch_size * group if lengths is not None and group > 1 else batch_size
+    key = torch.as_tensor(lengths) if lengths is not None else None
     order = torch.empty(0, dtype=torch.long)
+    pending: list[torch.Tensor] = []
     for _ in range(steps):
-        if len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(n, generator=generator)])
-        yield order[:batch_size]
-        order = order[batch_size:]
+        if not pending:
+            while len(order) < span:
+                order = torch.cat([order, torch.randperm(n, generator=generator)])
+            chunk, order = order[:span], order[span:]
+            if span > batch_size:
+                chunk = chunk[torch.argsort(key[chunk], descending=True, stable=True)]
+            pending = list(chunk.split(batch_size))
+        yield pending.pop(0)
 
 
 def _steps(n: int, config: TrainConfig) -> int:
@@ -184,6 +201,7 @@ def _fit(
     config: TrainConfig,
     name: str,
     log=sys.stderr,
+    lengths: Sequence[int] | None = None,
 ) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
     total = _steps(n, config)
@@ -191,7 +209,8 @@ def _fit(
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total, warmup))
     losses = []
-    for step, index in enumerate(_batches(n, config.batch_size, config.epochs, generator)):
+    batches = _batches(n, config.batch_size, config.epochs, generator, lengths, config.group_by_length)
+    for step, index in enumerate(batches):
         loss = loss_of_batch(index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,20 +231,22 @@ def train_projector(
     config: TrainConfig,
     log=sys.stderr,
     pool: int = 1,
+    norm: bool = False,
 ) -> tuple[Projector, list[float]]:
     """Stage 1: a fresh projector (pooling ``pool`` x ``pool`` patch tokens) trained on (features (N, T, D),
     captions), LM frozen."""
     if len(features) != len(captions):
         raise ValueError(f"{len(features)} feature rows but {len(captions)} captions")
     torch.manual_seed(config.seed)
-    projector = Projector(features.shape[-1], llm.get_input_embeddings().embedding_dim, pool=pool)
+    projector = Projector(features.shape[-1], llm.get_input_embeddings().embedding_dim, pool=pool, norm=norm)
     llm.requires_grad_(False)
     texts = [tokenize_parts(tokenizer, [TextPart(c, True)]) for c in captions]
 
     def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
         return -sequence_logliks(llm, projector, features[index], [texts[i] for i in index], tokenizer).mean()
 
-    losses = _fit(list(projector.parameters()), loss_of_batch, len(captions), config, "stage1", log)
+    losses = _fit(list(projector.parameters()), loss_of_batch, len(captions), config, "stage1", log,
+                  [len(ids) for ids, _ in texts])
     projector.eval()
     return projector, losses
 
@@ -268,7 +289,8 @@ def train_mllm(
         return -sequence_logliks(llm, projector, features[index], [texts[i] for i in index], tokenizer).mean()
 
     parameters = list(projector.parameters()) + [p for p in llm.parameters() if p.requires_grad]
-    losses = _fit(parameters, loss_of_batch, len(conversations), config, "stage2", log)
+    losses = _fit(parameters, loss_of_batch, len(conversations), config, "stage2", log,
+                  [len(ids) for ids, _ in texts])
     llm.eval()
     projector.eval()
     llm.requires_grad_(False)
@@ -306,7 +328,7 @@ def score_options(
 def _projector_blob(projector: Projector, record: dict) -> dict:
     """What a projector file holds (stage 1's file and the MLLM folder's): weights, shape, pooling, record."""
     return {"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
-            "pool": projector.pool, "record": record}
+            "pool": projector.pool, "norm": projector.normed, "record": record}
 
 
 def save_projector(path: str, projector: Projector, record: dict) -> None:
@@ -319,7 +341,7 @@ def save_projector(path: str, projector: Projector, record: dict) -> None:
 
 def load_projector(path: str) -> tuple[Projector, dict]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    projector = Projector(blob["in_dim"], blob["out_dim"], pool=blob.get("pool", 1))
+    projector = Projector(blob["in_dim"], blob["out_dim"], pool=blob.get("pool", 1), norm=blob.get("norm", False))
     projector.load_state_dict(blob["state_dict"])
     projector.eval()
     return projector, blob["record"]
@@ -347,6 +369,9 @@ def projector_to_llava(projector_pt: str, path: str) -> None:
     """vislaw's projector file as LLaVA's ``mm_projector.bin`` (the inverse of `projector_from_llava`), for
     LLaVA's finetune script (``--pretrain_mm_mlp_adapter``)."""
     projector, _ = load_projector(projector_pt)
+    if projector.normed:
+        raise ValueError(f"{projector_pt}: an ln_mlp2x_gelu projector has no LLaVA mm_projector.bin form; train "
+                         "stage 1 with stage1.projector: mlp2x_gelu for LLaVA's finetune script")
     state = {f"model.mm_projector.{k[len('net.'):]}": v for k, v in projector.state_dict().items()}
     torch.save(state, path)
 

@@ -43,6 +43,34 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return records
 
 
+CORPUS_FILE = "corpus.jsonl"  # the LM's pretraining text in a data folder: one JSON {"text": ...} per line
+
+
+def write_corpus(path: str | os.PathLike[str], documents: list[str]) -> None:
+    """Documents as JSON lines (a document may span lines: a multiple-choice turn does)."""
+    Path(path).write_text("".join(json.dumps({"text": d}) + "\n" for d in documents), encoding="utf-8")
+
+
+def read_corpus(path: str | os.PathLike[str]) -> list[str]:
+    """The documents of a corpus file, with an error naming the file and line of a bad one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: corpus file does not exist")
+    documents = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}, line {number}: not a JSON object with a 'text' string") from None
+        if not isinstance(text, str):
+            raise ValueError(f"{path}, line {number}: 'text' is not a string")
+        if text:
+            documents.append(text)
+    return documents
+
+
 def caption_records(data_dir: str | os.PathLike[str], which: str) -> list[dict[str, Any]]:
     """``captions/<which>.json`` of a mini-world folder (which: ``train`` or ``probe``)."""
     return read_records(Path(data_dir) / "captions" / f"{which}.json")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from vislaw.data import spair
+from vislaw.data.datasets import CORPUS_FILE, write_corpus
 from vislaw.data.text import mc_prompt
 from vislaw.data.world import file_sha256, fingerprint
 from vislaw.io import atomic_dir
@@ -424,7 +425,7 @@ def prepare_data(outdir: str | os.PathLike[str], data: Mapping[str, Any]) -> dic
             counts["qa"][name] = {"test": len(records)}
 
         corpus = _corpus(train, instruct_records if instruct and not instruct["image_root"] else [])
-        (out / "corpus.txt").write_text("".join(f"{line}\n" for line in corpus), encoding="utf-8")
+        write_corpus(out / CORPUS_FILE, corpus)
         counts["corpus_lines"] = len(corpus)
         counts["spair"] = {"test": {"pairs": len(pairs),
                                     "images": len({key for p in pairs for key in (p.src_key, p.trg_key)}),

@@ -3,9 +3,10 @@
 - ``contrastive`` (CLIP): the image's CLS token against a tiny caption transformer, symmetric InfoNCE with
   a learned temperature, on the world's image-caption pairs.
 - ``selfsup`` (DINO and its dense successors): two augmented views of one image (crop, stretch, rotation,
-  colour jitter with RGB shuffling). A patch-level term makes each patch of view 1 predict where in view 2
-  the same image point landed (a soft-target cross-entropy over view 2's patches); an image-level InfoNCE
-  term ties the two views' CLS tokens together across the batch. No labels or captions.
+  colour jitter; RGB shuffling with probability ``channel_shuffle``, 0 by default). A patch-level term makes
+  each patch of view 1 predict where in view 2 the same image point landed (a soft-target cross-entropy over
+  view 2's patches); an image-level InfoNCE term ties the two views' CLS tokens together across the batch.
+  No labels or captions.
 - ``denoise`` (diffusion U-Nets, DIFT): noise at a random level plus masked blocks; by default a small
   U-Net (`vislaw.zoo.arch.MiniUNet`) maps the noisy image back to pixels, predicting the added noise or the
   clean image (MSE in normalised pixel units), and its features are its first up-block's (stride 8). On a
@@ -108,7 +109,7 @@ class Contrastive(Objective):
 class SelfSupervised(Objective):
     def __init__(self, backbone: Backbone, data: CaptionSet, settings: Mapping[str, Any]) -> None:
         super().__init__(backbone, data, settings)
-        self.augment = Augment()
+        self.augment = Augment(channel_shuffle=float(settings["channel_shuffle"]))
         self.view_size = int(settings["view_size"])
         dim, out = backbone.dim, int(settings["embed_dim"])
         self.patch_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out))

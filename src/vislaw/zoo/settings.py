@@ -59,7 +59,7 @@ OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {
     "contrastive": {"arch": _CNN, "image_size": 96, "embed_dim": 64, "text_dim": 64, "max_words": 48,
                     "pool": "cls"},
     "selfsup": {"arch": _CNN, "image_size": 96, "view_size": 48, "embed_dim": 64, "temperature": 0.1,
-                "image_weight": 0.25, "steps": 200},
+                "image_weight": 0.25, "steps": 200, "channel_shuffle": 0.0},
     "denoise": {"arch": {"arch": "unet"}, "image_size": 96, "noise": [0.0, 2.0], "mask_ratio": 0.5,
                 "mask_patch": 8, "colour_jitter": True, "target": "rgb", "predict": "noise", "steps": 120},
     "supervised": {"arch": _CNN, "image_size": 96, "points": 4, "jitter": 0.5, "offset_weight": 1.0},
