@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mllm_diagnostics import probe_accuracy  # noqa: E402
+from mllm_recipe import cached  # noqa: E402
 
 
 def main() -> None:
@@ -32,15 +32,11 @@ def main() -> None:
     cut = int(0.7 * len(items))
     print(f"{len(items)} glyph-bearing objects, {len({o['glyph'] for _, o in items})} glyphs")
     for cache in sorted((args.results / "features").glob("*/caption_train.h5")):
-        with h5py.File(cache, "r") as h5:
-            ids = [x.decode() if isinstance(x, bytes) else x for x in h5["image_ids"][()]]
-            tokens = h5["tokens"][()]
-        row = {k: i for i, k in enumerate(ids)}
+        tokens = cached(args.results, cache.parent.name, "caption_train", [image for image, _ in items]).numpy()
         side = int(round(tokens.shape[1] ** 0.5))
         grid = tokens.reshape(len(tokens), side, side, -1)
-        cells = np.stack([grid[row[image], min(int(o["cy"] / side_px * side), side - 1),
-                               min(int(o["cx"] / side_px * side), side - 1)].astype(np.float32)
-                          for image, o in items])
+        cells = np.stack([grid[k, min(int(o["cy"] / side_px * side), side - 1),
+                               min(int(o["cx"] / side_px * side), side - 1)] for k, (_, o) in enumerate(items)])
         found = []
         for target in ("glyph", "category"):
             labels = [o[target] for _, o in items]
