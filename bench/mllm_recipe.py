@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--llm", type=Path, help="the LM folder (default: the run's)")
     parser.add_argument("--group", type=int, default=0, help="group_by_length (batches per sorted run)")
     parser.add_argument("--norm", action="store_true", help="LayerNorm before the projector (ln_mlp2x_gelu)")
+    parser.add_argument("--stage2-group", type=int, help="stage-2 group_by_length (default: --group)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results, data = args.results, args.results / "data"
@@ -77,7 +78,8 @@ def main() -> None:
                                                          [r["image"] for r in records]),
                         [jobs._qa_turn(r) for r in records],
                         TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, seed=args.seed,
-                                    group_by_length=args.group), quiet)
+                                    group_by_length=args.group if args.stage2_group is None else args.stage2_group),
+                        quiet)
     print(f"stage 2: {len(losses)} steps in {time.time() - start:.0f} s, loss {np.mean(losses[:5]):.3f} -> "
           f"{np.mean(losses[-5:]):.3f}", flush=True)
 

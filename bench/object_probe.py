@@ -1,9 +1,8 @@
 """What the zoo's tokens say about one object: linear probes of the token at each object's centre cell.
 
 For every object of the stage-1 training images that carries a glyph, takes the encoder's cached patch token
-of the grid cell holding the object's centre (``caption_train`` cache of a finished run), and prints the
-held-out accuracy (70/30 split) of a linear probe for the object's glyph (30 classes, chance 3 %) and
-category (8 classes, chance 12 %). Issue 6's diagnostics: is the glyph benchmark a perception failure?
+of the grid cell holding the glyph's centre (``caption_train`` cache of a finished run), and prints the
+held-out accuracy (70/30 split) of a linear probe for the object's glyph (30 classes, chance 3 %) and category (8 classes, chance 12 %). Issue 6's diagnostics: is the glyph benchmark a perception failure?
 
     PYTHONPATH=src python bench/object_probe.py --results results/default
 """
@@ -35,8 +34,10 @@ def main() -> None:
         tokens = cached(args.results, cache.parent.name, "caption_train", [image for image, _ in items]).numpy()
         side = int(round(tokens.shape[1] ** 0.5))
         grid = tokens.reshape(len(tokens), side, side, -1)
-        cells = np.stack([grid[k, min(int(o["cy"] / side_px * side), side - 1),
-                               min(int(o["cx"] / side_px * side), side - 1)] for k, (_, o) in enumerate(items)])
+        # the cell holding the glyph's centre (worlds from session 6 on record it), else the object's centre
+        where = [o.get("glyph_xy") or (o["cx"], o["cy"]) for _, o in items]
+        cells = np.stack([grid[k, min(int(y / side_px * side), side - 1), min(int(x / side_px * side), side - 1)]
+                          for k, (x, y) in enumerate(where)])
         found = []
         for target in ("glyph", "category"):
             labels = [o[target] for _, o in items]

@@ -72,6 +72,12 @@ def test_external_stage_1_with_token_pooling_or_a_normed_projector_is_refused_be
     with pytest.raises(ValueError, match="stage1.pool: LLaVA's mm_projector.bin has no token pooling"):
         train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
                         {"command": "touch $output_dir/mm_projector.bin", "pool": 2}, str(out))
+    with pytest.raises(ValueError, match="stage1.pool: LLaVA's mm_projector.bin has no token pooling"):
+        train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
+                        {"command": "touch $output_dir/mm_projector.bin", "pool_grid": 4}, str(out))
+    with pytest.raises(ValueError, match="stage1.pool_grid: give pool .* or pool_grid .*, not both"):
+        train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
+                        {"pool": 2, "pool_grid": 4}, str(out))
     with pytest.raises(ValueError, match="stage1.projector: LLaVA's mm_projector.bin is an mlp2x_gelu"):
         train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
                         {"command": "touch $output_dir/mm_projector.bin", "projector": "ln_mlp2x_gelu"}, str(out))

@@ -141,6 +141,17 @@ def test_token_pooling_averages_grid_neighbourhoods() -> None:
         Projector(1, 8, pool=0)
 
 
+def test_pool_grid_picks_the_stride_nearest_to_the_grid() -> None:
+    from vislaw.jobs import pool_stride
+
+    # 12 x 12 patch tokens (96 px, patch 8) -> stride 3 -> 4 x 4; 8 x 8 (64 px) -> 2 -> 4 x 4; 16 x 16 -> 4
+    assert [pool_stride(n, 4) for n in (144, 64, 256, 16, 4)] == [3, 2, 4, 1, 1]
+    assert [Projector(8, 8, pool=pool_stride(n, 4)).n_tokens(n) for n in (144, 64, 256)] == [16, 16, 16]
+    assert pool_stride(576, 6) == 4  # CLIP@336's 24 x 24 -> 6 x 6
+    with pytest.raises(ValueError, match="stage1.pool_grid: .*square grid.*577 tokens"):
+        pool_stride(577, 4)
+
+
 def test_pooled_projector_round_trips_and_scores_like_its_pooled_input(tiny_llm: Path, tmp_path: Path) -> None:
     """A pooling projector on a 4x4 grid gives the same caption log-likelihood as a plain projector with the
     same weights on the pooled tokens, and keeps its pooling through save and load."""

@@ -6,6 +6,7 @@ of these, so every job can also be run (and tested) from Python.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -179,6 +180,16 @@ def run_external(command: str, log_path: str | None = None) -> None:
                            f"{proc.stderr[-2000:]}")
 
 
+def pool_stride(n_tokens: int, grid: int) -> int:
+    """The pooling stride that brings a side x side grid of patch tokens nearest to ``grid`` x ``grid``
+    (stage1.pool_grid): 12 x 12 -> 3, 8 x 8 -> 2 for grid 4. One visual-token budget for every encoder, as
+    a resampler gives (the mini zoo's 64 px and 96 px encoders otherwise differ 2.25x in tokens and cost)."""
+    side = math.isqrt(n_tokens)
+    if side * side != n_tokens:
+        raise ValueError(f"stage1.pool_grid: pooling needs a square grid of patch tokens, got {n_tokens} tokens")
+    return max(1, round(side / grid))
+
+
 @gpu_job
 def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
                     settings: Mapping[str, Any], out_pt: str) -> None:
@@ -186,9 +197,12 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
     import string
     import tempfile
 
-    if settings.get("command") and int(settings.get("pool", 1)) != 1:
-        raise ValueError("stage1.pool: LLaVA's mm_projector.bin has no token pooling; set pool to 1 with "
-                         "stage1.command")
+    if settings.get("command") and (int(settings.get("pool", 1)) != 1 or settings.get("pool_grid")):
+        raise ValueError("stage1.pool: LLaVA's mm_projector.bin has no token pooling; set pool to 1 (and no "
+                         "pool_grid) with stage1.command")
+    if settings.get("pool_grid") and int(settings.get("pool", 1)) != 1:
+        raise ValueError("stage1.pool_grid: give pool (a stride for every encoder) or pool_grid (a stride per "
+                         "encoder), not both")
     if settings.get("command") and settings.get("projector", "mlp2x_gelu") != "mlp2x_gelu":
         raise ValueError("stage1.projector: LLaVA's mm_projector.bin is an mlp2x_gelu; set projector to "
                          "mlp2x_gelu with stage1.command")
@@ -217,8 +231,10 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
                                              llm.get_input_embeddings().embedding_dim)
         record.update({"mode": "external", "command": line, "loss": []})
     else:
-        config = TrainConfig(**{k: v for k, v in settings.items() if k not in ("command", "pool", "projector")})
-        pool = int(settings.get("pool", 1))
+        config = TrainConfig(**{k: v for k, v in settings.items()
+                                if k not in ("command", "pool", "pool_grid", "projector")})
+        pool = pool_stride(features.shape[1], settings.get("pool_grid")) if settings.get("pool_grid") \
+            else int(settings.get("pool", 1))
         kind = settings.get("projector", "mlp2x_gelu")
         projector, losses = fit(llm, tokenizer, features, [r["caption"] for r in records], config, pool=pool,
                                 norm=kind == "ln_mlp2x_gelu")

@@ -137,7 +137,8 @@ def _dump_json(path: Path, obj: Any) -> None:
 
 
 def _object_records(scene: SceneSpec) -> list[dict[str, Any]]:
-    """Per-object labels (for attribute classifiers and checks), back to front."""
+    """Per-object labels (for attribute classifiers and checks), back to front; ``glyph_xy`` is where the
+    glyph's centre is drawn (pixels), null without a glyph."""
     return [
         {
             "category": o.category,
@@ -145,6 +146,7 @@ def _object_records(scene: SceneSpec) -> list[dict[str, Any]]:
             "size": o.size,
             "texture": o.texture,
             "glyph": o.glyph,
+            "glyph_xy": None if o.glyph is None else [round(float(v), 2) for v in o.glyph_position()],
             "cx": round(o.cx, 2),
             "cy": round(o.cy, 2),
         }
