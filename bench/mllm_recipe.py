@@ -44,12 +44,14 @@ def main() -> None:
     parser.add_argument("--stage1-lr", type=float, default=1e-2)
     parser.add_argument("--stage2-epochs", type=float, default=10)
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
+    parser.add_argument("--stage2-batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="stage-2 seed (order of the conversations)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llm", type=Path, help="the LM folder (default: the run's)")
     parser.add_argument("--group", type=int, default=0, help="group_by_length (batches per sorted run)")
     parser.add_argument("--norm", action="store_true", help="LayerNorm before the projector (ln_mlp2x_gelu)")
     parser.add_argument("--stage2-group", type=int, help="stage-2 group_by_length (default: --group)")
+    parser.add_argument("--instruct", type=Path, help="stage-2 conversations (default: the run's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results, data = args.results, args.results / "data"
@@ -72,12 +74,14 @@ def main() -> None:
           f"{np.mean(losses[:5]):.3f} -> {np.mean(losses[-10:]):.3f}; probe log-likelihood matched {matched:.4f}, "
           f"shifted {shifted:.4f}, gap {matched - shifted:.4f}", flush=True)
 
-    records = read_records(data / "qa" / "instruct_train.json")
+    records = read_records(args.instruct or data / "qa" / "instruct_train.json")
+    print(f"stage 2: {len(records)} conversations, {sum(len(r['skills']) for r in records)} turns", flush=True)
     start = time.time()
     losses = train_mllm(llm, projector, tokenizer, cached(results, args.encoder, "caption_train",
                                                          [r["image"] for r in records]),
-                        [jobs._qa_turn(r) for r in records],
+                        [jobs._qa_turns(r) for r in records],
                         TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, seed=args.seed,
+                                    batch_size=args.stage2_batch,
                                     group_by_length=args.group if args.stage2_group is None else args.stage2_group),
                         quiet)
     print(f"stage 2: {len(losses)} steps in {time.time() - start:.0f} s, loss {np.mean(losses[:5]):.3f} -> "
@@ -89,12 +93,12 @@ def main() -> None:
 
     row = []
     for skill in SKILLS:
-        train = [r for r in records if r["skill"] == skill][:100]
-        prompts = [jobs._qa_turn(r)[0] for r in train]
-        options = [re.findall(r"^[A-Z]\. (.+)$", p, re.M) for p in prompts]
-        answers = [o.index(jobs._qa_turn(r)[1]) for o, r in zip(options, train)]
-        on_train = accuracy(prompts, options, answers, cached(results, args.encoder, "caption_train",
-                                                              [r["image"] for r in train]))
+        train = [(r["image"], *turn) for r in records for turn, turn_skill in zip(jobs._qa_turns(r), r["skills"])
+                 if turn_skill == skill][:100]
+        options = [re.findall(r"^[A-Z]\. (.+)$", p, re.M) for _, p, _ in train]
+        answers = [o.index(a) for o, (_, _, a) in zip(options, train)]
+        on_train = accuracy([p for _, p, _ in train], options, answers,
+                            cached(results, args.encoder, "caption_train", [image for image, _, _ in train]))
         test = qa_test_records(data, skill)
         on_test = accuracy([r["prompt"] for r in test], [r["options"] for r in test], [r["answer"] for r in test],
                            cached(results, args.encoder, "qa_test", [r["image"] for r in test]))

@@ -52,6 +52,7 @@ def make_source(root: Path) -> dict[str, Any]:
     instruct = [{"id": f"c{i}", "image": captions[i]["image"],
                  "conversations": [{"from": "human", "value": "<image>\nWhat number is this?"},
                                    {"from": "gpt", "value": f"Number {i}."}]} for i in range(4)]
+    instruct[1]["conversations"] += [{"from": "human", "value": "Is it bright?"}, {"from": "gpt", "value": "Yes."}]
     (root / "instruct.json").write_text(json.dumps(instruct))
     tests = [{"id": "q0", "image": "a.jpg", "question": "Which colour?", "options": ["red", "blue"], "answer": 1},
              {"image": "b.jpg", "question": "How many?", "options": ["one", "two", "three"], "answer": "C"}]
@@ -206,6 +207,14 @@ def test_conversations_must_use_caption_train_images_for_the_builtin_stage_2(sou
     prepare_data(tmp_path / "data", source)
     assert (tmp_path / "data" / "images" / "instruct").is_dir()
     assert not (tmp_path / "data" / "qa" / "instruct_train.json").exists()
+
+
+def test_a_conversation_whose_turns_do_not_alternate_is_named(source: dict[str, Any], tmp_path: Path) -> None:
+    _rewrite(source["instruct"]["train"], lambda r: r[1]["conversations"].pop(2))  # human, gpt, gpt
+    with pytest.raises(DataSourceError, match=r"config key 'data.instruct.train': .*instruct.json, record \[1\]: "
+                                              r"'conversations' should alternate 'human' and 'gpt' turns"):
+        prepare_data(tmp_path / "data", source)
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_bad_benchmark_answer_is_named(source: dict[str, Any], tmp_path: Path) -> None:

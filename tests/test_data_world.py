@@ -179,7 +179,7 @@ def test_captions_and_qa_formats(worlds):
     for record in train + probe:
         assert (root / record["image"]).is_file() and record["caption"].startswith("a ")
     instruct = json.loads((root / "qa" / "instruct_train.json").read_text())
-    assert sorted({item["skill"] for item in instruct}) == sorted(SKILLS)
+    assert sorted({skill for item in instruct for skill in item["skills"]}) == sorted(SKILLS)
     for item in instruct:
         human, gpt = item["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\n")
@@ -245,6 +245,39 @@ def test_params_reject_unknown_keys():
         world.WorldParams.from_mapping({"n_pairz": {"trn": 1}})
     with pytest.raises(ValueError, match="splits"):
         world.WorldParams.from_mapping({"n_pairs": {"trn": 1, "test": 1}})
+
+
+def test_params_reject_a_turn_count_outside_one_to_one_per_skill():
+    for bad in (0, len(SKILLS) + 1):
+        with pytest.raises(ValueError, match=f"qa_turns_per_image {bad} outside"):
+            world.WorldParams.from_mapping({"qa_turns_per_image": bad})
+
+
+def test_multi_turn_conversations_ask_each_skill_its_quota_once_per_image(tmp_path: Path) -> None:
+    """``qa_turns_per_image: 3``: every skill gets exactly ``n_qa_train_per_skill`` questions, a conversation
+    holds at most 3 turns of distinct skills with ``<image>`` in its first prompt only, and the per-skill
+    training files hold exactly the conversations' turns."""
+    params = world.WorldParams.from_mapping({**world.smoke_params().to_dict(), "qa_turns_per_image": 3})
+    manifest = world.make_world(tmp_path / "data", params)
+    root = tmp_path / "data"
+    conversations = json.loads((root / "qa" / "instruct_train.json").read_text())
+    turns = []
+    for item in conversations:
+        skills, chat = item["skills"], item["conversations"]
+        assert 1 <= len(skills) <= 3 and len(set(skills)) == len(skills) and len(chat) == 2 * len(skills)
+        assert [t["from"] for t in chat] == ["human", "gpt"] * len(skills)
+        assert [t["value"].startswith("<image>\n") for t in chat[::2]] == [True] + [False] * (len(skills) - 1)
+        turns += [(skill, item["image"], chat[2 * i]["value"].removeprefix("<image>\n"), chat[2 * i + 1]["value"])
+                  for i, skill in enumerate(skills)]
+    assert sum(len(item["skills"]) == 3 for item in conversations) > len(conversations) / 2
+    per_skill = []
+    for skill in SKILLS:
+        records = json.loads((root / "qa" / skill / "train.json").read_text())
+        assert len(records) == params.n_qa_train_per_skill == manifest["counts"]["qa"][skill]["train"]
+        per_skill += [(skill, r["image"], r["conversations"][0]["value"].removeprefix("<image>\n"),
+                       r["conversations"][1]["value"]) for r in records]
+    assert sorted(turns) == sorted(per_skill)
+    assert manifest["counts"]["qa_conversations"] == len(conversations) < len(turns)
 
 
 def test_a_bad_corpus_line_is_named(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """External-command mode of the jobs (what presets/paper-real.yaml uses): template fields, the LLaVA-format
-projector handed to stage 2, and per-benchmark metrics of an lmms-eval results file."""
+projector handed to stage 2, and per-benchmark metrics of an lmms-eval results file; and the turns stage 2 reads
+from a conversation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from vislaw.encoders import named_spec
@@ -82,3 +84,18 @@ def test_external_stage_1_with_token_pooling_or_a_normed_projector_is_refused_be
         train_projector(spec, str(tmp_path / "missing-data"), str(tmp_path / "missing-llm"), "missing.h5",
                         {"command": "touch $output_dir/mm_projector.bin", "projector": "ln_mlp2x_gelu"}, str(out))
     assert not out.exists()
+
+
+def test_a_conversations_turns_are_read_in_order_without_the_image_placeholder() -> None:
+    from vislaw.jobs import _qa_turns
+
+    record = {"id": "c7", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is the fish?\nA. red\nB. blue\nAnswer with the option."},
+        {"from": "gpt", "value": " blue "},
+        {"from": "human", "value": "How many objects are there?"},
+        {"from": "gpt", "value": "3"}]}
+    assert _qa_turns(record) == [("What colour is the fish?\nA. red\nB. blue\nAnswer with the option.", "blue"),
+                                 ("How many objects are there?", "3")]
+    record["conversations"] = record["conversations"][:3]
+    with pytest.raises(ValueError, match=r"record 'c7': .*alternate human, gpt .*\['human', 'gpt', 'human'\]"):
+        _qa_turns(record)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vislaw.llm import PretrainConfig, TinyLlamaConfig, load_llm, pretrain_llm, train_tokenizer
-from vislaw.train import (Projector, TrainConfig, caption_loglik, generate_answers, score_options, train_mllm,
-                          train_projector)
+from vislaw.train import (Projector, TextPart, TrainConfig, caption_loglik, generate_answers, score_options,
+                          tokenize_parts, tokenize_turns, train_mllm, train_projector)
 
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "triangle"]
@@ -95,7 +95,7 @@ def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path)
     llm, tokenizer = load_llm(tiny_llm)
     features, _, colours = features_and_captions(160, seed=2)
     question = "what colour is the circle?"
-    conversations = [(question, COLOURS[c]) for c in colours]
+    conversations = [[(question, COLOURS[c])] for c in colours]
     projector, _ = train_projector(llm, tokenizer, features, [f"a {COLOURS[c]} circle." for c in colours],
                                    TrainConfig(epochs=3, batch_size=16, lr=3e-3), log=io.StringIO())
     losses = train_mllm(llm, projector, tokenizer, features[:128], conversations[:128],
@@ -106,6 +106,52 @@ def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path)
     print(f"stage-2 accuracy {accuracy:.3f}")
     assert accuracy > 0.5, accuracy  # chance is 0.25
     assert all(len(s) == 4 and all(math.isfinite(v) for v in s) for s in scores)
+
+
+def test_a_conversation_scores_every_answer_and_its_eos_and_no_prompt(tiny_llm: Path) -> None:
+    _, tokenizer = load_llm(tiny_llm)
+    ids_of = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tokenizer.eos_token_id
+    one = tokenize_turns(tokenizer, [("what colour is the circle?", "red")])
+    assert one == tokenize_parts(tokenizer, [TextPart("what colour is the circle?", False), TextPart("red", True)])
+    ids, scored = tokenize_turns(tokenizer, [("what colour?", "red"), ("and the square?", "a blue square")])
+    q1, a1, q2, a2 = ids_of("what colour?"), ids_of("red"), ids_of("and the square?"), ids_of("a blue square")
+    assert ids == q1 + a1 + [eos] + q2 + a2 + [eos]
+    assert scored == [False] * len(q1) + [True] * (len(a1) + 1) + [False] * len(q2) + [True] * (len(a2) + 1)
+    with pytest.raises(ValueError, match="at least one"):
+        tokenize_turns(tokenizer, [])
+
+
+def test_a_two_turn_conversations_loss_is_the_mean_over_both_answers(tiny_llm: Path) -> None:
+    """Known answer: the per-sequence loss of a two-turn conversation (second prompt unscored, between the
+    answers) equals the mean log-probability of its answer tokens and their ``</s>``, read from one plain
+    forward pass over ``<s> [visual] q1 a1 </s> q2 a2 </s>``."""
+    from vislaw.train import sequence_logliks
+
+    llm, tokenizer = load_llm(tiny_llm)
+    torch.manual_seed(1)
+    projector = Projector(12, 32).eval()
+    features, _, _ = features_and_captions(2, seed=5)
+    conversations = [[("what colour?", "red"), ("is it small?", "a small red circle")],
+                     [("what colour is the large square on the left?", "blue")]]
+    texts = [tokenize_turns(tokenizer, turns) for turns in conversations]
+    with torch.inference_mode():
+        batched = sequence_logliks(llm, projector, features, texts, tokenizer)
+        embed = llm.get_input_embeddings()
+        for row, (ids, scored) in enumerate(texts):
+            prefix = torch.cat([embed(torch.tensor([[tokenizer.bos_token_id]])), projector(features[row : row + 1])], 1)
+            logits = llm(inputs_embeds=torch.cat([prefix, embed(torch.tensor([ids]))], 1)).logits[0].double()
+            start = prefix.shape[1] - 1  # the logits at position p predict token p + 1
+            logp = [float(torch.log_softmax(logits[start + t], -1)[token]) for t, token in enumerate(ids) if scored[t]]
+            assert len(logp) == sum(scored) and batched[row].item() == pytest.approx(sum(logp) / len(logp), abs=1e-4)
+
+
+def test_stage2_needs_a_feature_row_per_conversation(tiny_llm: Path) -> None:
+    llm, tokenizer = load_llm(tiny_llm)
+    features, _, _ = features_and_captions(3)
+    with pytest.raises(ValueError, match="3 feature rows but 2 conversations"):
+        train_mllm(llm, Projector(12, 32), tokenizer, features, [[("q", "a")], [("q", "b")]], TrainConfig(),
+                   log=io.StringIO())
 
 
 def test_batched_generation_gives_the_one_at_a_time_answers(tiny_llm: Path) -> None:
@@ -142,7 +188,7 @@ def test_token_pooling_averages_grid_neighbourhoods() -> None:
 
 
 def test_pool_grid_picks_the_stride_nearest_to_the_grid() -> None:
-    from vislaw.jobs import pool_stride
+    from vislaw.train import pool_stride
 
     # 12 x 12 patch tokens (96 px, patch 8) -> stride 3 -> 4 x 4; 8 x 8 (64 px) -> 2 -> 4 x 4; 16 x 16 -> 4
     assert [pool_stride(n, 4) for n in (144, 64, 256, 16, 4)] == [3, 2, 4, 1, 1]

@@ -6,7 +6,6 @@ of these, so every job can also be run (and tested) from Python.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import sys
@@ -180,16 +179,6 @@ def run_external(command: str, log_path: str | None = None) -> None:
                            f"{proc.stderr[-2000:]}")
 
 
-def pool_stride(n_tokens: int, grid: int) -> int:
-    """The pooling stride that brings a side x side grid of patch tokens nearest to ``grid`` x ``grid``
-    (stage1.pool_grid): 12 x 12 -> 3, 8 x 8 -> 2 for grid 4. One visual-token budget for every encoder, as
-    a resampler gives (the mini zoo's 64 px and 96 px encoders otherwise differ 2.25x in tokens and cost)."""
-    side = math.isqrt(n_tokens)
-    if side * side != n_tokens:
-        raise ValueError(f"stage1.pool_grid: pooling needs a square grid of patch tokens, got {n_tokens} tokens")
-    return max(1, round(side / grid))
-
-
 @gpu_job
 def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
                     settings: Mapping[str, Any], out_pt: str) -> None:
@@ -209,7 +198,7 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
 
     from vislaw.data.datasets import caption_records
     from vislaw.llm import load_llm
-    from vislaw.train import TrainConfig, projector_from_llava, save_projector
+    from vislaw.train import TrainConfig, pool_stride, projector_from_llava, save_projector
     from vislaw.train import train_projector as fit
 
     llm, tokenizer = load_llm(llm_dir, key="llm.weights")
@@ -285,11 +274,16 @@ def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: 
     write_json(out_json, out)
 
 
-def _qa_turn(record: Mapping[str, Any]) -> tuple[str, str]:
-    """(prompt, answer) of a LLaVA-style conversation; the ``<image>`` placeholder is where the visual
-    tokens already are (right after ``<s>``)."""
-    human, gpt = record["conversations"][0]["value"], record["conversations"][1]["value"]
-    return human.replace("<image>\n", "").replace("<image>", "").strip(), gpt.strip()
+def _qa_turns(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(prompt, answer) turns of a LLaVA-style conversation, in order; the ``<image>`` placeholder is where
+    the visual tokens already are (right after ``<s>``). Turns must alternate human, gpt."""
+    turns = record["conversations"]
+    roles = [t["from"] for t in turns]
+    if len(turns) % 2 or roles != ["human", "gpt"] * (len(turns) // 2):
+        raise ValueError(f"qa/instruct_train.json, record {record.get('id')!r}: the conversation's turns should "
+                         f"alternate human, gpt (a question, then its answer), got {roles}")
+    return [(turns[i]["value"].replace("<image>\n", "").replace("<image>", "").strip(), turns[i + 1]["value"].strip())
+            for i in range(0, len(turns), 2)]
 
 
 @gpu_job
@@ -326,7 +320,7 @@ def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_p
     projector, _ = load_projector(projector_pt)
     features = _cached_tokens(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records])
     config = TrainConfig(**{k: v for k, v in settings.items() if k != "command"})
-    losses = fit(llm, projector, tokenizer, features, [_qa_turn(r) for r in records], config)
+    losses = fit(llm, projector, tokenizer, features, [_qa_turns(r) for r in records], config)
     print(f"stage 2: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
     save_mllm(out_dir, llm, tokenizer, projector,
               {"encoder": dict(spec), "config": asdict(config), "loss": losses, "conversations": len(records),

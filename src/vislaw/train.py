@@ -32,6 +32,21 @@ from vislaw.scores.alignment import token_logliks
 Tokenizer = Any
 
 
+def grid_side(count: int, key: str = "stage1.pool") -> int:
+    """The side of a square grid of ``count`` patch tokens; pooling (config ``key``) needs one."""
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(f"{key}: pooling needs a square grid of patch tokens, got {count} tokens")
+    return side
+
+
+def pool_stride(count: int, grid: int) -> int:
+    """The pooling stride that brings a square grid of ``count`` patch tokens nearest to ``grid`` x ``grid``
+    (stage1.pool_grid): 12 x 12 -> 3, 8 x 8 -> 2 for grid 4. One visual-token budget for every encoder, as
+    a resampler gives (the mini zoo's 64 px and 96 px encoders otherwise differ 2.25x in tokens and cost)."""
+    return max(1, round(grid_side(count, "stage1.pool_grid") / grid))
+
+
 def pool_tokens(tokens: torch.Tensor, stride: int) -> torch.Tensor:
     """Average ``stride`` x ``stride`` neighbourhoods of a square grid of patch tokens (B, T, D) ->
     (B, ceil(sqrt(T)/stride)^2, D), LLaVA-OneVision's ``mm_spatial_pool_stride`` (bilinear there, average
@@ -39,9 +54,7 @@ def pool_tokens(tokens: torch.Tensor, stride: int) -> torch.Tensor:
     if stride == 1:
         return tokens
     batch, count, dim = tokens.shape
-    side = math.isqrt(count)
-    if side * side != count:
-        raise ValueError(f"stage1.pool: pooling needs a square grid of patch tokens, got {count} tokens")
+    side = grid_side(count)
     grid = tokens.transpose(1, 2).reshape(batch, dim, side, side)
     pooled = torch.nn.functional.avg_pool2d(grid, stride, ceil_mode=True)
     return pooled.flatten(2).transpose(1, 2)
@@ -101,6 +114,21 @@ def tokenize_parts(
     if end_with_eos:
         ids.append(tokenizer.eos_token_id)
         scored.append(bool(parts[-1].scored))
+    return ids, scored
+
+
+def tokenize_turns(tokenizer: Tokenizer, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[bool]]:
+    """Token ids of a conversation's (prompt, answer) turns and which are scored: each answer and the ``</s>``
+    closing it carry the loss, the prompts do not (LLaVA's v1 template, reduced to the turns). One turn gives
+    `tokenize_parts` of (prompt unscored, answer scored) exactly."""
+    if not turns:
+        raise ValueError("a conversation needs at least one (prompt, answer) turn")
+    ids: list[int] = []
+    scored: list[bool] = []
+    for prompt, answer in turns:
+        turn_ids, turn_scored = tokenize_parts(tokenizer, [TextPart(prompt, False), TextPart(answer, True)])
+        ids.extend(turn_ids)
+        scored.extend(turn_scored)
     return ids, scored
 
 
@@ -274,16 +302,22 @@ def train_mllm(
     projector: Projector,
     tokenizer: Tokenizer,
     features: torch.Tensor,
-    conversations: Sequence[tuple[str, str]],
+    conversations: Sequence[Sequence[tuple[str, str]]],
     config: TrainConfig,
     log=sys.stderr,
 ) -> list[float]:
-    """Stage 2: projector and LM trained in place on (question, answer) turns, loss on the answers."""
+    """Stage 2: projector and LM trained in place on conversations, each the (question, answer) turns about
+    one image (``features`` row i is conversation i's image), loss on the answers.
+
+    A conversation of several turns is one sequence, the image's tokens once at its start (LLaVA-665k's
+    conversations hold 1 to 30+ turns): every answer carries the loss, each after the earlier turns."""
+    if len(features) != len(conversations):
+        raise ValueError(f"{len(features)} feature rows but {len(conversations)} conversations")
     torch.manual_seed(config.seed)
     llm.requires_grad_(True)
     llm.train()
     projector.train()
-    texts = [tokenize_parts(tokenizer, [TextPart(q, False), TextPart(a, True)]) for q, a in conversations]
+    texts = [tokenize_turns(tokenizer, turns) for turns in conversations]
 
     def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
         return -sequence_logliks(llm, projector, features[index], [texts[i] for i in index], tokenizer).mean()

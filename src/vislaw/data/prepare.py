@@ -201,15 +201,18 @@ def read_captions(path: str | os.PathLike[str], key: str) -> list[dict[str, Any]
 
 def read_conversations(path: str | os.PathLike[str], key: str, need_image: bool) -> list[dict[str, Any]]:
     """Instruction records in LLaVA's format (llava_v1_5_mix665k.json): ``{"id", "image"?, "conversations"}``
-    with a human turn first and at least one gpt turn. ``need_image``: every record must have an image."""
+    whose turns alternate human, gpt (one or more question-answer turns; stage 2 learns every answer).
+    ``need_image``: every record must have an image."""
     where = _Where(key, path)
     root_key = f"{key.rsplit('.', 1)[0]}.image_root"
     out = []
     for index, raw in enumerate(_load_list(path, key)):
         record = where.record(index, raw)
         turns = _turns(record, where, index)
-        if turns[0]["from"] != "human" or not any(t["from"] == "gpt" for t in turns):
-            raise where.error(index, "'conversations' should start with a 'human' turn and hold a 'gpt' turn")
+        roles = [t["from"] for t in turns]
+        if len(roles) % 2 or roles != ["human", "gpt"] * (len(roles) // 2):
+            raise where.error(index, f"'conversations' should alternate 'human' and 'gpt' turns, starting with "
+                                     f"'human' and ending with 'gpt'; got {roles}")
         if "image" in record or need_image:
             image = _image_path(record.get("image"), where, index, root_key)
         else:

@@ -74,6 +74,11 @@ class WorldParams:
     n_images_per_category: Mapping[str, int] = field(default_factory=_default_images_per_category)
     n_pairs: Mapping[str, int] = field(default_factory=_default_pairs)  # per split, spread over categories
     n_qa_train_per_skill: int = 300
+    # Stage-2 turns asked about one image in one conversation (of different skills, in random order), as
+    # LLaVA-665k merges an image's questions into one conversation: the image's tokens are in the sequence
+    # once for all its turns. 1: a conversation per question (the default: at this LM's size 3 turns per
+    # image saved no stage-2 time at equal steps and lost accuracy at equal epochs; bench/MLLM_NOTES.md).
+    qa_turns_per_image: int = 1
     n_qa_test_per_skill: int = 100
     n_corpus_sentences: int = 3000  # extra captions of unrendered scenes, on top of the training text
 
@@ -95,6 +100,9 @@ class WorldParams:
                 raise ValueError(f"world parameter {name} needs exactly the splits {spair.SPLITS}, got {splits}")
         if not 32 <= self.image_size <= 512:
             raise ValueError(f"image_size {self.image_size} outside [32, 512]")
+        if not 1 <= self.qa_turns_per_image <= len(SKILLS):
+            raise ValueError(f"qa_turns_per_image {self.qa_turns_per_image} outside [1, {len(SKILLS)}] (one turn "
+                             f"per skill at most)")
         if min(self.n_caption_train, self.n_caption_probe, self.n_qa_test_per_skill) < 1:
             raise ValueError("every world size must be at least 1")
         for split in spair.SPLITS:
@@ -172,16 +180,14 @@ def _write_caption_set(
     return records, scenes
 
 
-def _conversation(record_id: str, image: str, q: Question) -> dict[str, Any]:
-    return {
-        "id": record_id,
-        "image": image,
-        "skill": q.skill,
-        "conversations": [
-            {"from": "human", "value": "<image>\n" + mc_prompt(q.question, q.options, ANSWER_FORMAT)},
-            {"from": "gpt", "value": expected_answer(q, ANSWER_FORMAT)},
-        ],
-    }
+def _conversation(record_id: str, image: str, questions: list[Question]) -> dict[str, Any]:
+    """LLaVA's format: ``<image>`` in the first human turn only; ``skills`` lists each turn's skill."""
+    turns = []
+    for i, q in enumerate(questions):
+        prompt = mc_prompt(q.question, q.options, ANSWER_FORMAT)
+        turns += [{"from": "human", "value": "<image>\n" + prompt if i == 0 else prompt},
+                  {"from": "gpt", "value": expected_answer(q, ANSWER_FORMAT)}]
+    return {"id": record_id, "image": image, "skills": [q.skill for q in questions], "conversations": turns}
 
 
 def _qa_train(
@@ -198,9 +204,47 @@ def _qa_train(
                 break
         else:
             raise ValueError(f"no training image supports a {skill!r} question; raise n_caption_train")
-        items.append(_conversation(f"qa_{skill}_train_{j:05d}", train[index]["image"], q))
+        items.append(_conversation(f"qa_{skill}_train_{j:05d}", train[index]["image"], [q]))
         questions.append(q)
     return items, questions
+
+
+def _qa_conversations(
+    params: WorldParams, train: list[dict[str, Any]], scenes: list[SceneSpec]
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], list[Question]]:
+    """Stage-2 conversations of ``qa_turns_per_image`` turns: images are drawn and asked up to that many
+    skills (random order weighted by the questions left; a skill whose quota of ``n_qa_train_per_skill`` is
+    met, or which the scene cannot support, is skipped) until every quota is met. Returns the conversations,
+    each skill's turns as one-turn records (``qa/<skill>/train.json``) and every question asked."""
+    left = {skill: params.n_qa_train_per_skill for skill in SKILLS}
+    conversations: list[dict[str, Any]] = []
+    per_skill: dict[str, list[dict[str, Any]]] = {skill: [] for skill in SKILLS}
+    questions: list[Question] = []
+    for c in range(MAX_TRIES * len(SKILLS) * params.n_qa_train_per_skill):
+        if not any(left.values()):
+            break
+        rng = _rng(params, QA_TRAIN, len(SKILLS) + 1, c)
+        index = int(rng.integers(len(scenes)))
+        asked: list[Question] = []
+        open_skills = [s for s in SKILLS if left[s]]
+        # A random order weighted by the questions each skill has left (Efraimidis-Spirakis): skills that
+        # few scenes support (glyph, spatial) keep pace instead of ending as one-turn conversations.
+        keys = rng.random(len(open_skills)) ** (1.0 / np.array([left[s] for s in open_skills]))
+        for skill in [open_skills[i] for i in np.argsort(-keys, kind="stable")]:
+            q = make_question(skill, scenes[index], rng)
+            if q is not None:
+                left[skill] -= 1
+                per_skill[skill].append(_conversation(f"qa_{skill}_train_{len(per_skill[skill]):05d}",
+                                                      train[index]["image"], [q]))
+                asked.append(q)
+                if len(asked) == params.qa_turns_per_image:
+                    break
+        if asked:
+            conversations.append(_conversation(f"qa_train_{c:05d}", train[index]["image"], asked))
+            questions += asked
+    else:
+        raise ValueError(f"no training image supports the remaining questions {left}; raise n_caption_train")
+    return conversations, per_skill, questions
 
 
 def _qa_test_scene(params: WorldParams, skill: str, rng: np.random.Generator, j: int) -> SceneSpec:
@@ -515,16 +559,22 @@ def make_world(outdir: str | os.PathLike[str], params: WorldParams | Mapping[str
         instruct: list[dict[str, Any]] = []
         questions: list[Question] = []
         counts: dict[str, Any] = {"caption_train": len(train), "caption_probe": len(probe), "qa": {}}
+        if params.qa_turns_per_image > 1:
+            instruct, per_skill, questions = _qa_conversations(params, train, train_scenes)
+        else:
+            per_skill = {}
+            for skill_index, skill in enumerate(SKILLS):
+                per_skill[skill], asked = _qa_train(params, skill_index, skill, train, train_scenes)
+                instruct += per_skill[skill]
+                questions += asked
         for skill_index, skill in enumerate(SKILLS):
-            qa_train, asked = _qa_train(params, skill_index, skill, train, train_scenes)
             qa_test = _qa_test(params, out, skill_index, skill)
-            _dump_json(out / "qa" / skill / "train.json", qa_train)
+            _dump_json(out / "qa" / skill / "train.json", per_skill[skill])
             _dump_json(out / "qa" / skill / "test.json", qa_test)
-            instruct += qa_train
-            questions += asked
-            counts["qa"][skill] = {"train": len(qa_train), "test": len(qa_test)}
+            counts["qa"][skill] = {"train": len(per_skill[skill]), "test": len(qa_test)}
         order = _rng(params, QA_TRAIN, len(SKILLS)).permutation(len(instruct))
         _dump_json(out / "qa" / "instruct_train.json", [instruct[i] for i in order])
+        counts["qa_conversations"] = len(instruct)
         progress("QA benchmarks")
 
         corpus = _corpus(params, train, questions)
