@@ -97,5 +97,6 @@ def test_a_conversations_turns_are_read_in_order_without_the_image_placeholder()
     assert _qa_turns(record) == [("What colour is the fish?\nA. red\nB. blue\nAnswer with the option.", "blue"),
                                  ("How many objects are there?", "3")]
     record["conversations"] = record["conversations"][:3]
-    with pytest.raises(ValueError, match=r"record 'c7': .*alternate human, gpt .*\['human', 'gpt', 'human'\]"):
+    with pytest.raises(ValueError, match=r"qa/instruct_train.json, record 'c7': 'conversations' should alternate "
+                                         r"'human' and 'gpt' .*\['human', 'gpt', 'human'\]"):
         _qa_turns(record)

@@ -18,7 +18,7 @@ import torch
 
 import vislaw
 from vislaw.data import spair
-from vislaw.data.datasets import image_set
+from vislaw.data.datasets import conversation_turns, image_set
 from vislaw.encoders.spec import EncoderSpec
 from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
 from vislaw.gpu import gpu_job
@@ -275,15 +275,12 @@ def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: 
 
 
 def _qa_turns(record: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(prompt, answer) turns of a LLaVA-style conversation, in order; the ``<image>`` placeholder is where
-    the visual tokens already are (right after ``<s>``). Turns must alternate human, gpt."""
-    turns = record["conversations"]
-    roles = [t["from"] for t in turns]
-    if len(turns) % 2 or roles != ["human", "gpt"] * (len(turns) // 2):
-        raise ValueError(f"qa/instruct_train.json, record {record.get('id')!r}: the conversation's turns should "
-                         f"alternate human, gpt (a question, then its answer), got {roles}")
-    return [(turns[i]["value"].replace("<image>\n", "").replace("<image>", "").strip(), turns[i + 1]["value"].strip())
-            for i in range(0, len(turns), 2)]
+    """(prompt, answer) turns of one stage-2 record (`conversation_turns`), its id named if they do not
+    alternate."""
+    try:
+        return conversation_turns(record["conversations"])
+    except ValueError as err:
+        raise ValueError(f"qa/instruct_train.json, record {record.get('id')!r}: {err}") from None
 
 
 @gpu_job

@@ -76,6 +76,18 @@ def caption_records(data_dir: str | os.PathLike[str], which: str) -> list[dict[s
     return read_records(Path(data_dir) / "captions" / f"{which}.json")
 
 
+def conversation_turns(turns: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs of LLaVA ``conversations`` (``{"from", "value"}`` objects), in order, with the
+    ``<image>`` placeholder taken out of the prompts (the visual tokens are already right after ``<s>``).
+    Raises ValueError unless the turns alternate human, gpt."""
+    roles = [t["from"] for t in turns]
+    if len(roles) % 2 or roles != ["human", "gpt"] * (len(roles) // 2):
+        raise ValueError(f"'conversations' should alternate 'human' and 'gpt' turns, starting with 'human' and "
+                         f"ending with 'gpt'; got {roles}")
+    return [(turns[i]["value"].replace("<image>\n", "").replace("<image>", "").strip(), turns[i + 1]["value"].strip())
+            for i in range(0, len(turns), 2)]
+
+
 def qa_test_records(data_dir: str | os.PathLike[str], skill: str) -> list[dict[str, Any]]:
     return read_records(Path(data_dir) / "qa" / skill / "test.json")
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vislaw.data import spair
-from vislaw.data.datasets import CORPUS_FILE, write_corpus
+from vislaw.data.datasets import CORPUS_FILE, conversation_turns, write_corpus
 from vislaw.data.text import mc_prompt
 from vislaw.data.world import file_sha256, fingerprint
 from vislaw.io import atomic_dir
@@ -209,10 +209,10 @@ def read_conversations(path: str | os.PathLike[str], key: str, need_image: bool)
     for index, raw in enumerate(_load_list(path, key)):
         record = where.record(index, raw)
         turns = _turns(record, where, index)
-        roles = [t["from"] for t in turns]
-        if len(roles) % 2 or roles != ["human", "gpt"] * (len(roles) // 2):
-            raise where.error(index, f"'conversations' should alternate 'human' and 'gpt' turns, starting with "
-                                     f"'human' and ending with 'gpt'; got {roles}")
+        try:
+            conversation_turns(turns)
+        except ValueError as err:
+            raise where.error(index, str(err)) from None
         if "image" in record or need_image:
             image = _image_path(record.get("image"), where, index, root_key)
         else:
