@@ -2,7 +2,8 @@
 
 For every object of the stage-1 training images that carries a glyph, takes the encoder's cached patch token
 of the grid cell holding the glyph's centre (``caption_train`` cache of a finished run), and prints the
-held-out accuracy (70/30 split) of a linear probe for the object's glyph (30 classes, chance 3 %) and category (8 classes, chance 12 %). Issue 6's diagnostics: is the glyph benchmark a perception failure?
+held-out accuracy (70/30 split) of a linear probe for the object's glyph (30 classes, chance 3 %) and
+category (8 classes, chance 12 %). Issue 6's diagnostics: is the glyph benchmark a perception failure?
 
     PYTHONPATH=src python bench/object_probe.py --results results/default
 """
