@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vislaw.data.scene import COLOURS, GLYPHS, SIZE_CLASSES, TEXTURES
+from vislaw.data.scene import COLOURS, SIZE_CLASSES, TEXTURES
 from vislaw.data.shapes import categories
 
 
@@ -25,11 +25,10 @@ from vislaw.data.shapes import categories
 class CaptionSet:
     """The stage-1 training pairs: images (N, 3, S, S) uint8, captions, attribute presence (N, A) float.
 
-    ``objects``: (N, M, 9) float, one row per object (M = most objects in an image): centre ``cx / S``,
+    ``objects``: (N, M, 7) float, one row per object (M = most objects in an image): centre ``cx / S``,
     ``cy / S`` in [0, 1], then the indices of category, colour, size class and texture (in
-    `attribute_vocabulary`'s order within each field), glyph (0 for none, else 1 + its index in
-    `vislaw.data.scene.GLYPHS`) and the glyph's centre ``/ S`` (the object's centre without a glyph);
-    padding rows hold -1 everywhere.
+    `attribute_vocabulary`'s order within each field) and whether it carries a glyph (1 or 0); padding rows
+    hold -1 everywhere.
     """
 
     images: torch.Tensor
@@ -62,23 +61,18 @@ def load_caption_set(world_dir: str | os.PathLike[str], limit: int | None = None
     within = {field: {n.split("=", 1)[1]: i for i, n in enumerate(x for x in names if x.startswith(field + "="))}
               for field in fields}
     images, labels = [], np.zeros((len(entries), len(names)), dtype=np.float32)
-    objects = np.full((len(entries), max(len(e["objects"]) for e in entries) or 1, 9), -1.0, dtype=np.float32)
+    objects = np.full((len(entries), max(len(e["objects"]) for e in entries) or 1, 7), -1.0, dtype=np.float32)
     for row, entry in enumerate(entries):
         with Image.open(root / entry["image"]) as image:
             images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
             side = float(image.size[0])
         for k, obj in enumerate(entry["objects"]):
-            if obj.get("glyph") and obj["glyph"] not in GLYPHS:
-                raise ValueError(f"{root / 'captions' / 'train.json'}: {entry['image']} has glyph {obj['glyph']!r}, "
-                                 f"not one of {''.join(GLYPHS)} (a world made by another vislaw: rerun make_world)")
             for field in fields:
                 labels[row, column[f"{field}={obj[field]}"]] = 1.0
-            if obj.get("glyph"):
+            glyph = 1.0 if obj.get("glyph") else 0.0
+            if glyph:
                 labels[row, column["glyph=yes"]] = 1.0
-            glyph_xy = obj.get("glyph_xy") or (obj["cx"], obj["cy"])
-            objects[row, k] = [obj["cx"] / side, obj["cy"] / side, *(within[f][obj[f]] for f in fields),
-                               1.0 + GLYPHS.index(obj["glyph"]) if obj.get("glyph") else 0.0,
-                               glyph_xy[0] / side, glyph_xy[1] / side]
+            objects[row, k] = [obj["cx"] / side, obj["cy"] / side, *(within[f][obj[f]] for f in fields), glyph]
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return CaptionSet(stacked, [e["caption"] for e in entries], torch.from_numpy(labels), names,
                       torch.from_numpy(objects))

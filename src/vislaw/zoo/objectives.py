@@ -226,7 +226,7 @@ class Supervised(Objective):
 
     def loss(self, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         fmap = dense_map(self.backbone, normalise(self.images[index]))  # (B, D, h, w)
-        objects = self.objects[index]  # (B, M, 9)
+        objects = self.objects[index]  # (B, M, 7)
         valid = objects[..., 2] >= 0
         half = torch.tensor(SIZE_HALF_EXTENT)[objects[..., 4].clamp_min(0).long()]  # (B, M)
         draws = int(self.settings["points"])
@@ -235,7 +235,7 @@ class Supervised(Objective):
         sampled = F.grid_sample(fmap, points.reshape(len(fmap), -1, 1, 2) * 2 - 1, mode="bilinear",
                                 padding_mode="border", align_corners=False)  # (B, D, M*P, 1)
         feats = sampled[..., 0].transpose(1, 2).reshape(*objects.shape[:2], draws, -1)[valid]  # (V, P, D)
-        labels = objects[valid]  # (V, 9)
+        labels = objects[valid]  # (V, 7)
         total = feats.new_zeros(())
         for k, head in enumerate(self.heads):
             logits = head(feats)
@@ -243,7 +243,7 @@ class Supervised(Objective):
         glyph = self.glyph_head(feats)[..., 0]
         # Presence only: a head for which glyph (read where it is drawn; session 6, on a world of 8 glyphs)
         # left the glyph's identity at chance in the tokens and cost the MLLM colour: bench/MLLM_NOTES.md.
-        present = (labels[:, None, 6] > 0).float()
+        present = labels[:, None, 6]
         total = total + F.binary_cross_entropy_with_logits(glyph, present.expand_as(glyph))
         weight = float(self.settings["offset_weight"])
         if weight > 0:
