@@ -209,16 +209,16 @@ def test_captions_and_answers_follow_the_scene():
         background=BackgroundSpec("stripes", (90, 90, 90), (120, 120, 120), 10.0, 0.0),
         clutter=(),
         lighting=LightingSpec(1.0, 0.0, 0.0, (1.0, 1.0, 1.0)),
-        objects=(_obj("triangle", "red", "small", 20, 20, None), _obj("star", "blue", "large", 20, 75, "K")),
+        objects=(_obj("triangle", "red", "small", 20, 20, None), _obj("star", "blue", "large", 20, 75, "H")),
         noise_seed=0,
     )
     assert caption(scene) == (
-        "a small striped red triangle above a large striped blue star with the letter K, on a striped background"
+        "a small striped red triangle above a large striped blue star with the letter H, on a striped background"
     )
     rng = np.random.default_rng(0)
     answers = {skill: make_question(skill, scene, rng) for skill in SKILLS}
     assert answers["count"].answer_text == "2"
-    assert answers["glyph"].answer_text == "K" and "blue star" in answers["glyph"].question
+    assert answers["glyph"].answer_text == "H" and "blue star" in answers["glyph"].question
     assert answers["size"].answer_text in ("small", "large")
     spatial = answers["spatial"]
     assert spatial.answer_text == ("above" if spatial.question.startswith("Where is the red") else "below")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vislaw.data.scene import GLYPHS
 from vislaw.data.world import make_world, smoke_params
 from vislaw.encoders import EncoderConfigError, EncoderSpec, create_encoder
 from vislaw.features import extract_to_h5, read_features
@@ -135,13 +136,52 @@ def test_caption_set_carries_object_centres_and_labels(world: Path) -> None:
         names = [n.split("=", 1)[1] for n in data.attribute_names if n.startswith("category=")]
         assert names[int(objects[0, 2])] == first["category"]
         assert objects.shape[-1] == 7
-        assert objects[: len(entry["objects"]), 6].tolist() == [float(bool(o.get("glyph"))) for o in entry["objects"]]
+        # the glyph as 1 + its index in GLYPHS (what the supervised identity head learns), 0 without one
+        assert objects[: len(entry["objects"]), 6].tolist() == [
+            float(1 + GLYPHS.index(o["glyph"])) if o.get("glyph") else 0.0 for o in entry["objects"]]
         # where the glyph is drawn (bench/object_probe.py reads there): on its object, or null without one
         for o in entry["objects"]:
             assert (o["glyph_xy"] is None) == (o["glyph"] is None)
             if o["glyph"]:  # on its object: within the largest size class's half-extent of the centre
                 assert math.dist(o["glyph_xy"], (o["cx"], o["cy"])) < 0.25 * side
     assert any(o.get("glyph") for e in entries for o in e["objects"])  # the check above saw glyphs
+
+
+def test_caption_set_refuses_a_glyph_outside_the_worlds_set(world: Path, tmp_path: Path) -> None:
+    from vislaw.zoo.data import load_caption_set
+
+    planted = tmp_path / "world"
+    (planted / "captions").mkdir(parents=True)
+    entries = json.loads((world / "captions" / "train.json").read_text())[:4]
+    entries[2]["objects"][0]["glyph"] = "K"
+    (planted / "captions" / "train.json").write_text(json.dumps(entries))
+    for entry in entries:
+        (planted / entry["image"]).parent.mkdir(parents=True, exist_ok=True)
+        (planted / entry["image"]).write_bytes((world / entry["image"]).read_bytes())
+    with pytest.raises(ValueError, match=rf"train\.json: image {entries[2]['image']}: glyph 'K' is not one of"):
+        load_caption_set(planted)
+
+
+def test_supervised_glyph_identity_head_learns_only_from_objects_with_a_glyph(world: Path) -> None:
+    from vislaw.zoo.arch import build_backbone
+    from vislaw.zoo.data import load_caption_set
+    from vislaw.zoo.objectives import Supervised
+
+    data = load_caption_set(world, 16)
+    rows = torch.tensor([r for r in range(16) if bool((data.objects[r, :, 6] > 0).any())])
+    assert len(rows) > 0  # the smoke world puts glyphs on some objects
+    settings = training_config("supervised", {**TINY, "arch": TINY_CNN, "image_size": 64})
+
+    def identity_grad(caption_set) -> torch.Tensor | None:
+        torch.manual_seed(0)
+        objective = Supervised(build_backbone(settings["arch"]), caption_set, settings)
+        objective.loss(rows, torch.Generator().manual_seed(0)).backward()
+        return objective.glyph_identity_head.weight.grad
+
+    assert identity_grad(data) is not None and identity_grad(data).abs().sum() > 0
+    no_glyphs = data.objects.clone()
+    no_glyphs[..., 6] = torch.where(no_glyphs[..., 6] > 0, 0.0, no_glyphs[..., 6])
+    assert identity_grad(dataclasses.replace(data, objects=no_glyphs)) is None  # no glyph, no identity loss
 
 
 def test_mini_encoders_extract_and_concatenate(checkpoints: dict[str, Path], world: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vislaw.data.scene import COLOURS, SIZE_CLASSES, TEXTURES
+from vislaw.data.scene import COLOURS, GLYPHS, SIZE_CLASSES, TEXTURES
 from vislaw.data.shapes import categories
 
 
@@ -27,8 +27,8 @@ class CaptionSet:
 
     ``objects``: (N, M, 7) float, one row per object (M = most objects in an image): centre ``cx / S``,
     ``cy / S`` in [0, 1], then the indices of category, colour, size class and texture (in
-    `attribute_vocabulary`'s order within each field) and whether it carries a glyph (1 or 0); padding rows
-    hold -1 everywhere.
+    `attribute_vocabulary`'s order within each field) and its glyph (1 + index in ``GLYPHS``, 0 without one);
+    padding rows hold -1 everywhere.
     """
 
     images: torch.Tensor
@@ -69,8 +69,12 @@ def load_caption_set(world_dir: str | os.PathLike[str], limit: int | None = None
         for k, obj in enumerate(entry["objects"]):
             for field in fields:
                 labels[row, column[f"{field}={obj[field]}"]] = 1.0
-            glyph = 1.0 if obj.get("glyph") else 0.0
-            if glyph:
+            glyph = 0.0
+            if obj.get("glyph"):
+                if obj["glyph"] not in GLYPHS:
+                    raise ValueError(f"{root / 'captions' / 'train.json'}: image {entry['image']}: glyph "
+                                     f"{obj['glyph']!r} is not one of the world's glyphs {GLYPHS}")
+                glyph = 1.0 + GLYPHS.index(obj["glyph"])
                 labels[row, column["glyph=yes"]] = 1.0
             objects[row, k] = [obj["cx"] / side, obj["cy"] / side, *(within[f][obj[f]] for f in fields), glyph]
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

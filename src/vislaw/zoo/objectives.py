@@ -13,7 +13,7 @@
   ViT or CNN a light decoder reconstructs from the stride-8 features instead.
 - ``supervised``: dense labels: each object of the caption JSON is read at points around its centre
   (``cx``, ``cy``) on the patch-feature map, and per-object heads predict its category, colour, size class,
-  texture and glyph presence.
+  texture, whether it carries a glyph and which (an OCR-aware encoder's analogue).
 - ``random``: nothing to learn; the seeded initialisation is the encoder.
 
 Every objective owns its heads (an `nn.Module`) and computes ``loss(batch_index, generator)``.
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vislaw.data.scene import GLYPHS
 from vislaw.zoo.arch import Backbone, MiniCNN, MiniUNet
 from vislaw.zoo.settings import MEAN, OBJECTIVES, STD  # noqa: F401  (re-exported)
 from vislaw.zoo.data import (
@@ -208,9 +209,10 @@ class Supervised(Objective):
 
     Each object of an image is read at ``points`` points: its centre moved by a random offset of up to
     ``jitter`` times its size class's half-extent (bilinear sampling of the last block's stride-8 map);
-    linear heads predict its category, colour, size class and texture (cross-entropy) and glyph presence
-    (binary cross-entropy), and, with ``offset_weight`` > 0, the offset itself in half-extents (where on the
-    object the point lies: part-awareness, which raised C from ~8 to ~10.6).
+    linear heads predict its category, colour, size class and texture (cross-entropy), glyph presence
+    (binary cross-entropy) and, on objects that carry one, which glyph (cross-entropy), and, with
+    ``offset_weight`` > 0, the offset itself in half-extents (where on the object the point lies:
+    part-awareness, which raised C from ~8 to ~10.6).
     """
 
     def __init__(self, backbone: Backbone, data: CaptionSet, settings: Mapping[str, Any]) -> None:
@@ -222,6 +224,7 @@ class Supervised(Objective):
                   for f in ("category", "colour", "size", "texture")]
         self.heads = nn.ModuleList(nn.Linear(backbone.dim, c) for c in counts)
         self.glyph_head = nn.Linear(backbone.dim, 1)
+        self.glyph_identity_head = nn.Linear(backbone.dim, len(GLYPHS))
         self.offset_head = nn.Linear(backbone.dim, 2)
 
     def loss(self, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -241,10 +244,16 @@ class Supervised(Objective):
             logits = head(feats)
             total = total + F.cross_entropy(logits.flatten(0, 1), labels[:, 2 + k].long().repeat_interleave(draws))
         glyph = self.glyph_head(feats)[..., 0]
-        # Presence only: a head for which glyph (read where it is drawn; session 6, on a world of 8 glyphs)
-        # left the glyph's identity at chance in the tokens and cost the MLLM colour: bench/MLLM_NOTES.md.
-        present = labels[:, None, 6]
+        present = (labels[:, None, 6] > 0).float()
         total = total + F.binary_cross_entropy_with_logits(glyph, present.expand_as(glyph))
+        # Which glyph, read at the same points (the glyph covers most of its object). On the four bold glyphs
+        # it puts them in the tokens with enough steps (linear probe 44-49 % at 150, 95-97 % at 600; chance
+        # 25 %): bench/MLLM_NOTES.md, session 9.
+        carrying = labels[:, 6] > 0
+        if carrying.any():
+            identity = self.glyph_identity_head(feats[carrying])  # (G, P, glyphs)
+            target = (labels[carrying, 6] - 1).long().repeat_interleave(draws)
+            total = total + F.cross_entropy(identity.flatten(0, 1), target)
         weight = float(self.settings["offset_weight"])
         if weight > 0:
             total = total + weight * F.mse_loss(self.offset_head(feats), offsets[valid])
