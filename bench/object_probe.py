@@ -50,7 +50,7 @@ def pixel_windows(data: Path, items: list[tuple[str, dict]]) -> np.ndarray:
 
 def token_cells(grid: np.ndarray, where: list[tuple[float, float]], side_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Per object: the token of the cell holding the point (N, D) and the 2 x 2 cells nearest it (N, 4 D)."""
-    count, side = grid.shape[0], grid.shape[1]
+    side = grid.shape[1]
     cell_px = side_px / side
     one, four = [], []
     for k, (x, y) in enumerate(where):
@@ -59,7 +59,6 @@ def token_cells(grid: np.ndarray, where: list[tuple[float, float]], side_px: flo
         col = int(np.clip(np.floor(x / cell_px - 0.5), 0, side - 2))
         row = int(np.clip(np.floor(y / cell_px - 0.5), 0, side - 2))
         four.append(grid[k, row : row + 2, col : col + 2].reshape(-1))
-    assert len(one) == count
     return np.stack(one), np.stack(four)
 
 
