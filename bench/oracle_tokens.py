@@ -12,7 +12,7 @@ LM and recipe (issue 6: spatial; bench/MLLM_NOTES.md, session 10). The test scen
 seeds (`vislaw.data.world`), and each question is checked against the stored test split.
 
     PYTHONPATH=src python bench/oracle_tokens.py --results results/default [--positions] [--stage2-epochs 10]
-        [--llm DIR]
+        [--stage2-lr 1e-3] [--stage2-batch 32] [--llm DIR] [--instruct FILE]
 """
 
 from __future__ import annotations
@@ -88,8 +88,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, required=True, help="a finished run, e.g. results/default")
     parser.add_argument("--positions", action="store_true", help="append each cell's row and column one-hots")
     parser.add_argument("--stage2-epochs", type=float, default=10)
+    parser.add_argument("--stage2-lr", type=float, default=1e-3)
+    parser.add_argument("--stage2-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--llm", type=Path, help="the LM folder (default: the run's)")
+    parser.add_argument("--instruct", type=Path, help="stage-2 conversations on the run's training images (default: "
+                        "the run's qa/instruct_train.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = args.results / "data"
@@ -113,11 +117,13 @@ def main() -> None:
     print(f"oracle tokens{' with positions' if args.positions else ''}: stage-1 probe log-likelihood matched "
           f"{matched:.4f}, shifted {shifted:.4f}, gap {matched - shifted:.4f}", flush=True)
 
-    records = read_records(data / "qa" / "instruct_train.json")
+    records = read_records(args.instruct or data / "qa" / "instruct_train.json")
     start = time.time()
     train_mllm(llm, projector, tokenizer, tokens([objects_of[r["image"]] for r in records]),
-               [jobs._qa_turns(r) for r in records], TrainConfig(epochs=args.stage2_epochs, lr=1e-3, seed=0), quiet)
-    print(f"stage 2: {args.stage2_epochs:g} epochs in {time.time() - start:.0f} s", flush=True)
+               [jobs._qa_turns(r) for r in records],
+               TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, batch_size=args.stage2_batch, seed=0), quiet)
+    print(f"stage 2: {args.stage2_epochs:g} epochs, lr {args.stage2_lr:g}, batch {args.stage2_batch} in "
+          f"{time.time() - start:.0f} s", flush=True)
     row = []
     for skill in SKILLS:
         test = qa_test_records(data, skill)
