@@ -33,9 +33,10 @@ from vislaw.data.shapes import categories
 from vislaw.data.text import SKILLS, make_question
 from vislaw.llm import load_llm
 from vislaw.train import TrainConfig, caption_loglik, score_options, train_mllm, train_projector
+from vislaw.zoo.objectives import SIZE_HALF_EXTENT
 
-# Half-extent of each size class as a fraction of the image side (vislaw.zoo.objectives.SIZE_HALF_EXTENT).
-HALF_EXTENT = dict(zip(SIZE_NAMES, (0.12, 0.18, 0.23)))
+# Half-extent of each size class as a fraction of the image side (the supervised objective's).
+HALF_EXTENT = dict(zip(SIZE_NAMES, SIZE_HALF_EXTENT))
 SIDE = 12  # the 96-px encoders' grid
 
 
