@@ -28,7 +28,7 @@ import torch
 from vislaw import jobs
 from vislaw.data import world
 from vislaw.data.datasets import caption_records, qa_test_records, read_records
-from vislaw.data.scene import COLOUR_NAMES, SIZE_NAMES
+from vislaw.data.scene import COLOUR_NAMES, SIZE_NAMES, SceneSpec
 from vislaw.data.shapes import categories
 from vislaw.data.text import SKILLS, make_question
 from vislaw.llm import load_llm
@@ -62,11 +62,11 @@ def oracle_grid(objects: list[dict], image_size: int, positions: bool) -> np.nda
     return grid.reshape(SIDE * SIDE, -1)
 
 
-def test_objects(data: Path) -> dict[str, list[list[dict]]]:
-    """Per skill, the objects of each test image, from the world's seeds; each regenerated question must equal the
+def test_scenes(data: Path) -> dict[str, list[SceneSpec]]:
+    """Per skill, the scene of each test image, from the world's seeds; each regenerated question must equal the
     stored one (else the world's code changed since the run)."""
     params = world.WorldParams.from_mapping(json.loads((data / "manifest.json").read_text())["params"])
-    out: dict[str, list[list[dict]]] = {}
+    out: dict[str, list[SceneSpec]] = {}
     for index, skill in enumerate(SKILLS):
         stored = qa_test_records(data, skill)
         out[skill] = []
@@ -79,9 +79,15 @@ def test_objects(data: Path) -> dict[str, list[list[dict]]]:
                     break
             if question is None or question.question != record["question"]:
                 raise SystemExit(f"{record['id']}: the regenerated test question differs from the stored one")
-            out[skill].append([{"colour": o.colour, "category": o.category, "size": o.size, "cx": o.cx, "cy": o.cy}
-                               for o in scene.objects])
+            out[skill].append(scene)
     return out
+
+
+def test_objects(data: Path) -> dict[str, list[list[dict]]]:
+    """Per skill, the objects of each test image (`test_scenes`) as the dicts `oracle_grid` reads."""
+    return {skill: [[{"colour": o.colour, "category": o.category, "size": o.size, "cx": o.cx, "cy": o.cy}
+                     for o in scene.objects] for scene in scenes]
+            for skill, scenes in test_scenes(data).items()}
 
 
 def main() -> None:
