@@ -10,7 +10,7 @@ is out of reach of the recipe however good the encoder (the text-side counterpar
 ``--blind`` drops the captions: the answer priors the LM learns from the questions alone.
 
 The test scenes are regenerated from the world's seeds and each question is checked against the stored split
-(`bench/oracle_tokens.py`'s ``test_scenes``). bench/MLLM_NOTES.md, session 11, has the figures.
+(`bench/oracle_tokens.py`'s ``test_scenes``; the arguments are its ``recipe_parser``'s). bench/MLLM_NOTES.md, session 11, has the figures.
 
     PYTHONPATH=src python bench/caption_ceiling.py --results results/default [--blind] [--stage2-epochs 10]
         [--stage2-lr 1e-3] [--llm DIR]
@@ -18,14 +18,12 @@ The test scenes are regenerated from the world's seeds and each question is chec
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from oracle_tokens import test_scenes
+from oracle_tokens import recipe_parser, test_scenes
 
 from vislaw import jobs
 from vislaw.data.datasets import caption_records, qa_test_records, read_records
@@ -50,14 +48,8 @@ def text_logliks(llm: torch.nn.Module, tokenizer, texts: Sequence[tuple[list[int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, required=True, help="a finished run, e.g. results/default")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--blind", action="store_true", help="no caption: the prompt alone (the answer priors)")
-    parser.add_argument("--stage2-epochs", type=float, default=10)
-    parser.add_argument("--stage2-lr", type=float, default=1e-3)
-    parser.add_argument("--stage2-batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--llm", type=Path, help="the LM folder (default: the run's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = args.results / "data"

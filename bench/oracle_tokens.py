@@ -90,15 +90,21 @@ def test_objects(data: Path) -> dict[str, list[list[dict]]]:
             for skill, scenes in test_scenes(data).items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def recipe_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments this script shares with `bench/caption_ceiling.py`: the run, stage 2's schedule, the LM."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, required=True, help="a finished run, e.g. results/default")
-    parser.add_argument("--positions", action="store_true", help="append each cell's row and column one-hots")
     parser.add_argument("--stage2-epochs", type=float, default=10)
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
     parser.add_argument("--stage2-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--llm", type=Path, help="the LM folder (default: the run's)")
+    return parser
+
+
+def main() -> None:
+    parser = recipe_parser(__doc__)
+    parser.add_argument("--positions", action="store_true", help="append each cell's row and column one-hots")
     parser.add_argument("--instruct", type=Path, help="stage-2 conversations on the run's training images (default: "
                         "the run's qa/instruct_train.json)")
     args = parser.parse_args()
