@@ -10,10 +10,11 @@ is out of reach of the recipe however good the encoder (the text-side counterpar
 ``--blind`` drops the captions: the answer priors the LM learns from the questions alone.
 
 The test scenes are regenerated from the world's seeds and each question is checked against the stored split
-(`bench/oracle_tokens.py`'s ``test_scenes``; the arguments are its ``recipe_parser``'s). bench/MLLM_NOTES.md, session 11, has the figures.
+(`bench/oracle_tokens.py`'s ``test_scenes``; the arguments are its ``recipe_parser``'s). bench/MLLM_NOTES.md,
+session 11, has the figures.
 
     PYTHONPATH=src python bench/caption_ceiling.py --results results/default [--blind] [--stage2-epochs 10]
-        [--stage2-lr 1e-3] [--llm DIR]
+        [--stage2-lr 1e-3] [--stage2-batch 32] [--threads 1] [--llm DIR]
 """
 
 from __future__ import annotations
