@@ -25,7 +25,6 @@ import torch
 import yaml
 
 from vislaw.data import world
-from vislaw.data.text import SKILLS, make_question
 
 
 def accuracy_by_object_count(results: Path, params: world.WorldParams, encoders: list[str],
@@ -37,13 +36,8 @@ def accuracy_by_object_count(results: Path, params: world.WorldParams, encoders:
             predictions = json.loads((results / "eval" / encoder / f"{skill}.json").read_text())["predictions"]
             hits: dict[int, list[bool]] = defaultdict(list)
             for j, prediction in enumerate(predictions):
-                rng = world._rng(params, world.QA_TEST, SKILLS.index(skill), j)
-                for _ in range(world.MAX_TRIES):  # the world's own rejection loop, replayed
-                    scene = world._qa_test_scene(params, skill, rng, j)
-                    question = make_question(skill, scene, rng)
-                    if question is not None:
-                        break
-                if question is None or question.answer != prediction["answer"]:
+                scene, question = world.qa_test_item(params, skill, j)
+                if question.answer != prediction["answer"]:
                     raise RuntimeError(f"{skill} test question {j}: the replayed scene does not give the recorded "
                                        "answer (was the world made with another config?)")
                 hits[len(scene.objects)].append(prediction["predicted"] == prediction["answer"])

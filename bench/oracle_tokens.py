@@ -30,7 +30,7 @@ from vislaw.data import world
 from vislaw.data.datasets import caption_records, qa_test_records, read_records
 from vislaw.data.scene import COLOUR_NAMES, SIZE_NAMES, SceneSpec
 from vislaw.data.shapes import categories
-from vislaw.data.text import SKILLS, make_question
+from vislaw.data.text import SKILLS
 from vislaw.llm import load_llm
 from vislaw.train import TrainConfig, caption_loglik, score_options, train_mllm, train_projector
 from vislaw.zoo.objectives import SIZE_HALF_EXTENT
@@ -67,17 +67,12 @@ def test_scenes(data: Path) -> dict[str, list[SceneSpec]]:
     stored one (else the world's code changed since the run)."""
     params = world.WorldParams.from_mapping(json.loads((data / "manifest.json").read_text())["params"])
     out: dict[str, list[SceneSpec]] = {}
-    for index, skill in enumerate(SKILLS):
+    for skill in SKILLS:
         stored = qa_test_records(data, skill)
         out[skill] = []
         for j, record in enumerate(stored):
-            rng = world._rng(params, world.QA_TEST, index, j)
-            for _ in range(world.MAX_TRIES):
-                scene = world._qa_test_scene(params, skill, rng, j)
-                question = make_question(skill, scene, rng)
-                if question is not None:
-                    break
-            if question is None or question.question != record["question"]:
+            scene, question = world.qa_test_item(params, skill, j)
+            if question.question != record["question"]:
                 raise SystemExit(f"{record['id']}: the regenerated test question differs from the stored one")
             out[skill].append(scene)
     return out

@@ -216,13 +216,37 @@ def test_captions_and_answers_follow_the_scene():
         "a small striped red triangle above a large striped blue star with the letter H, on a striped background"
     )
     rng = np.random.default_rng(0)
-    answers = {skill: make_question(skill, scene, rng) for skill in SKILLS}
+    answers = {skill: make_question(skill, scene, rng, spatial="relation") for skill in SKILLS}
     assert answers["count"].answer_text == "2"
     assert answers["glyph"].answer_text == "H" and "blue star" in answers["glyph"].question
     assert answers["size"].answer_text in ("small", "large")
     spatial = answers["spatial"]
     assert spatial.answer_text == ("above" if spatial.question.startswith("Where is the red") else "below")
+    # both objects sit on the image's diagonals (offsets -28,-28 and -28,+27 from its centre): no location
+    assert make_question("spatial", scene, rng, spatial="location") is None
     assert scene_from_dict(json.loads(json.dumps(scene_to_dict(scene)))) == scene
+
+
+def test_location_questions_name_an_object_off_centre_along_its_clear_axis():
+    objects = (
+        _obj("triangle", "red", "small", 15, 50),  # 33 px left of the centre (48, 48), 2 px down: on the left
+        _obj("star", "blue", "large", 52, 88),  # 4 px right, 40 px down: at the bottom
+        _obj("heart", "green", "small", 50, 46),  # 2 px from the centre: never asked about
+        _obj("fish", "yellow", "small", 80, 70),  # 32 px right, 22 down: no clear axis (32 < 1.5 x 22)
+    )
+    scene = SceneSpec(96, 96, BackgroundSpec("stripes", (90, 90, 90), (120, 120, 120), 10.0, 0.0), (),
+                      LightingSpec(1.0, 0.0, 0.0, (1.0, 1.0, 1.0)), objects, 0)
+    rng = np.random.default_rng(0)
+    asked = {}
+    for _ in range(40):
+        q = make_question("spatial", scene, rng)
+        assert q.options[q.answer] == q.answer_text and sorted(q.options) == sorted(
+            ("on the left", "on the right", "at the top", "at the bottom"))
+        asked[q.question] = q.answer_text
+    assert asked == {"Where in the image is the red triangle?": "on the left",
+                     "Where in the image is the blue star?": "at the bottom"}
+    with pytest.raises(ValueError, match="spatial question 'left' unknown"):
+        make_question("spatial", scene, rng, spatial="left")
 
 
 def test_output_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -245,6 +269,25 @@ def test_params_reject_unknown_keys():
         world.WorldParams.from_mapping({"n_pairz": {"trn": 1}})
     with pytest.raises(ValueError, match="splits"):
         world.WorldParams.from_mapping({"n_pairs": {"trn": 1, "test": 1}})
+
+
+def test_params_reject_an_unknown_spatial_question():
+    with pytest.raises(ValueError, match="spatial_question 'relative' unknown"):
+        world.WorldParams.from_mapping({"spatial_question": "relative"})
+    assert world.WorldParams.from_mapping({"spatial_question": "relation"}).spatial_question == "relation"
+
+
+def test_relation_worlds_ask_relations(tmp_path: Path) -> None:
+    """``spatial_question: relation`` (CV-Bench's form) is the same world with the relative question; the test
+    split's items are what `qa_test_item` replays."""
+    params = world.WorldParams.from_mapping({**world.smoke_params().to_dict(), "spatial_question": "relation"})
+    world.make_world(tmp_path / "data", params)
+    test = json.loads((tmp_path / "data" / "qa" / "spatial" / "test.json").read_text())
+    assert all(" relative to the " in item["question"] for item in test)
+    assert set(test[0]["options"]) == {"to the left", "to the right", "above", "below"}
+    for j, item in enumerate(test):
+        _, question = world.qa_test_item(params, "spatial", j)
+        assert (question.question, question.answer) == (item["question"], item["answer"])
 
 
 def test_params_reject_a_turn_count_outside_one_to_one_per_skill():

@@ -41,7 +41,7 @@ from vislaw.data.scene import (
     scene_to_dict,
 )
 from vislaw.data.shapes import categories
-from vislaw.data.text import SKILLS, Question, caption, expected_answer, make_question, mc_prompt
+from vislaw.data.text import SKILLS, SPATIAL_QUESTIONS, Question, caption, expected_answer, make_question, mc_prompt
 from vislaw.io import atomic_dir
 from vislaw.provenance import code_hash
 
@@ -80,6 +80,9 @@ class WorldParams:
     # image saved no stage-2 time at equal steps and lost accuracy at equal epochs; bench/MLLM_NOTES.md).
     qa_turns_per_image: int = 1
     n_qa_test_per_skill: int = 100
+    # The spatial skill's question (text.SPATIAL_QUESTIONS): "location" (where one object is in the image) or
+    # "relation" (where it is relative to another; beyond the default LM, bench/MLLM_NOTES.md).
+    spatial_question: str = "location"
     n_corpus_sentences: int = 3000  # extra captions of unrendered scenes, on top of the training text
 
     @classmethod
@@ -103,6 +106,8 @@ class WorldParams:
         if not 1 <= self.qa_turns_per_image <= len(SKILLS):
             raise ValueError(f"qa_turns_per_image {self.qa_turns_per_image} outside [1, {len(SKILLS)}] (one turn "
                              f"per skill at most)")
+        if self.spatial_question not in SPATIAL_QUESTIONS:
+            raise ValueError(f"spatial_question {self.spatial_question!r} unknown; known: {SPATIAL_QUESTIONS}")
         if min(self.n_caption_train, self.n_caption_probe, self.n_qa_test_per_skill) < 1:
             raise ValueError("every world size must be at least 1")
         for split in spair.SPLITS:
@@ -199,7 +204,7 @@ def _qa_train(
         rng = _rng(params, QA_TRAIN, skill_index, j)
         for _ in range(MAX_TRIES):
             index = int(rng.integers(len(scenes)))
-            q = make_question(skill, scenes[index], rng)
+            q = make_question(skill, scenes[index], rng, params.spatial_question)
             if q is not None:
                 break
         else:
@@ -231,7 +236,7 @@ def _qa_conversations(
         # few scenes support (glyph, spatial) keep pace instead of ending as one-turn conversations.
         keys = rng.random(len(open_skills)) ** (1.0 / np.array([left[s] for s in open_skills]))
         for skill in [open_skills[i] for i in np.argsort(-keys, kind="stable")]:
-            q = make_question(skill, scenes[index], rng)
+            q = make_question(skill, scenes[index], rng, params.spatial_question)
             if q is not None:
                 left[skill] -= 1
                 per_skill[skill].append(_conversation(f"qa_{skill}_train_{len(per_skill[skill]):05d}",
@@ -259,17 +264,22 @@ def _qa_test_scene(params: WorldParams, skill: str, rng: np.random.Generator, j:
     return sample_caption_scene(rng, size)
 
 
-def _qa_test(params: WorldParams, out: Path, skill_index: int, skill: str) -> list[dict[str, Any]]:
+def qa_test_item(params: WorldParams, skill: str, j: int) -> tuple[SceneSpec, Question]:
+    """The scene and question of the ``skill`` test split's item ``j``, from the world's seeds (what
+    ``make_world`` renders; analyses replay it to know each test image's objects)."""
+    rng = _rng(params, QA_TEST, SKILLS.index(skill), j)
+    for _ in range(MAX_TRIES):
+        scene = _qa_test_scene(params, skill, rng, j)
+        q = make_question(skill, scene, rng, params.spatial_question)
+        if q is not None:
+            return scene, q
+    raise ValueError(f"could not draw a scene for a {skill!r} test question")
+
+
+def _qa_test(params: WorldParams, out: Path, skill: str) -> list[dict[str, Any]]:
     items = []
     for j in range(params.n_qa_test_per_skill):
-        rng = _rng(params, QA_TEST, skill_index, j)
-        for _ in range(MAX_TRIES):
-            scene = _qa_test_scene(params, skill, rng, j)
-            q = make_question(skill, scene, rng)
-            if q is not None:
-                break
-        else:
-            raise ValueError(f"could not draw a scene for a {skill!r} test question")
+        scene, q = qa_test_item(params, skill, j)
         image = f"images/qa_test/{skill}_{j:05d}.jpg"
         _save_jpeg(render_scene(scene).image, out / image)
         items.append(
@@ -567,8 +577,8 @@ def make_world(outdir: str | os.PathLike[str], params: WorldParams | Mapping[str
                 per_skill[skill], asked = _qa_train(params, skill_index, skill, train, train_scenes)
                 instruct += per_skill[skill]
                 questions += asked
-        for skill_index, skill in enumerate(SKILLS):
-            qa_test = _qa_test(params, out, skill_index, skill)
+        for skill in SKILLS:
+            qa_test = _qa_test(params, out, skill)
             _dump_json(out / "qa" / skill / "train.json", per_skill[skill])
             _dump_json(out / "qa" / skill / "test.json", qa_test)
             counts["qa"][skill] = {"train": len(per_skill[skill]), "test": len(qa_test)}
