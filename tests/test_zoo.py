@@ -184,6 +184,31 @@ def test_supervised_glyph_identity_head_learns_only_from_objects_with_a_glyph(wo
     assert identity_grad(dataclasses.replace(data, objects=no_glyphs)) is None  # no glyph, no identity loss
 
 
+def test_supervised_position_head_adds_the_weighted_error_of_each_object_place(world: Path) -> None:
+    """With no jitter the points are the object centres; a zeroed position head predicts the image centre, so
+    the term is the mean squared centre coordinate in [-1, 1], times ``position_weight``."""
+    from vislaw.zoo.arch import build_backbone
+    from vislaw.zoo.data import load_caption_set
+    from vislaw.zoo.objectives import Supervised
+
+    data = load_caption_set(world, 16)
+    rows = torch.arange(16)
+    settings = training_config("supervised", {**TINY, "arch": TINY_CNN, "image_size": 64, "jitter": 0.0,
+                                              "position_weight": 2.5})
+    torch.manual_seed(0)
+    objective = Supervised(build_backbone(settings["arch"]), data, settings)
+    torch.nn.init.zeros_(objective.position_head.weight)
+    torch.nn.init.zeros_(objective.position_head.bias)
+    with_term = objective.loss(rows, torch.Generator().manual_seed(0))
+    objective.settings["position_weight"] = 0.0
+    without = objective.loss(rows, torch.Generator().manual_seed(0))
+    centres = data.objects[rows][data.objects[rows, :, 2] >= 0][:, :2].double()
+    expected = 2.5 * float(((centres * 2 - 1) ** 2).mean())
+    assert (with_term - without).item() == pytest.approx(expected, rel=1e-4)
+    assert training_config("supervised")["position_weight"] == 0.0  # off by default: no head, same draws
+    assert Supervised(build_backbone(settings["arch"]), data, training_config("supervised")).position_head is None
+
+
 def test_mini_encoders_extract_and_concatenate(checkpoints: dict[str, Path], world: Path, tmp_path: Path) -> None:
     parts = (mini_spec(checkpoints["vit"], "mini_vit", "vit"), mini_spec(checkpoints["cnn"], "mini_cnn", "cnn"))
     spec = EncoderSpec(kind="concat", image_size=64, parts=parts, name="vit_plus_cnn")

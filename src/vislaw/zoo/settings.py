@@ -53,7 +53,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
 # CNNs by default: in this budget the ViTs' patch tokens stay at random-weight correspondence whatever the
 # objective (bench/zoo_c_scores.py), while the CNNs' learn it; the ViT stays available (``arch: vit``).
 # denoise trains the U-Net (DIFT's backbone family) on its own output; supervised reads ``points`` points per
-# object within ``jitter`` half-extents of its centre, and ``offset_weight`` weighs predicting that offset.
+# object within ``jitter`` half-extents of its centre, ``offset_weight`` weighs predicting that offset and
+# ``position_weight`` predicting the point's place in the image.
 _CNN = {"arch": "cnn"}
 OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {
     "contrastive": {"arch": _CNN, "image_size": 96, "embed_dim": 64, "text_dim": 64, "max_words": 48,
@@ -62,7 +63,8 @@ OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {
                 "image_weight": 0.25, "steps": 200, "channel_shuffle": 0.0},
     "denoise": {"arch": {"arch": "unet"}, "image_size": 96, "noise": [0.0, 2.0], "mask_ratio": 0.5,
                 "mask_patch": 8, "colour_jitter": True, "target": "rgb", "predict": "noise", "steps": 120},
-    "supervised": {"arch": _CNN, "image_size": 96, "points": 4, "jitter": 0.5, "offset_weight": 1.0},
+    "supervised": {"arch": _CNN, "image_size": 96, "points": 4, "jitter": 0.5, "offset_weight": 1.0,
+                   "position_weight": 0.0},
     "random": {"arch": {"arch": "vit"}, "image_size": 96, "steps": 0},
 }
 
