@@ -12,6 +12,11 @@ split) of a linear probe for the object's glyph (the default world: 30 classes, 
 Issue 6's diagnostics: is the glyph benchmark a perception failure? If the pixels say which glyph and the
 tokens do not, the encoder threw it away and no stage-2 recipe can read it.
 
+A second table asks the same of the spatial benchmark: for every object with a clear place in its image (the
+spatial question's answer: on the left, on the right, at the top, at the bottom; chance 25 %), probes of the
+place, colour and category from the token of the cell holding its centre on the grid the MLLM sees (the
+encoder's tokens averaged over 2 x 2 cells, as stage 1 pools them).
+
     PYTHONPATH=src python bench/object_probe.py --results results/default
 """
 
@@ -21,6 +26,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -28,6 +34,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mllm_diagnostics import probe_accuracy  # noqa: E402
 from mllm_recipe import cached  # noqa: E402
+
+from vislaw.data.text import location  # noqa: E402
 
 WINDOW = 16  # pixels: two patches of the mini zoo (stride 8), about a large object's glyph
 
@@ -94,6 +102,27 @@ def main() -> None:
         one, four = token_cells(tokens.reshape(len(tokens), side, side, -1), where, side_px)
         print(f"| {cache.parent.name} | {probe(one, glyphs)} | {probe(four, glyphs)} | {probe(one, categories)} |",
               flush=True)
+    place_table(args.results, records, side_px)
+
+
+def place_table(results: Path, records: list[dict], side_px: float) -> None:
+    image = SimpleNamespace(width=side_px, height=side_px)
+    items = [(r["image"], o, place) for r in records for o in r["objects"]
+             if (place := location(SimpleNamespace(cx=o["cx"], cy=o["cy"]), image)) is not None]
+    cut = int(0.7 * len(items))
+    labels = {"place": [p for *_, p in items], "colour": [o["colour"] for _, o, _ in items],
+              "category": [o["category"] for _, o, _ in items]}
+    print(f"\n{len(items)} objects with a clear place ({cut} to fit), the token of their centre's cell after 2 x 2 "
+          "pooling\n")
+    print("| input | place | colour | category |")
+    print("| --- | --- | --- | --- |")
+    for cache in sorted((results / "features").glob("*/caption_train.h5")):
+        tokens = cached(results, cache.parent.name, "caption_train", [image for image, _, _ in items]).numpy()
+        side = int(round(tokens.shape[1] ** 0.5))
+        grid = tokens.reshape(len(tokens), side // 2, 2, side // 2, 2, -1).mean(axis=(2, 4))
+        one, _ = token_cells(grid, [(o["cx"], o["cy"]) for _, o, _ in items], side_px)
+        cells = [f"{100 * probe_accuracy(one[:cut], y[:cut], one[cut:], y[cut:]):.0f} %" for y in labels.values()]
+        print(f"| {cache.parent.name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
