@@ -148,7 +148,6 @@ def _clear_relation(a: ObjectSpec, b: ObjectSpec, scene: SceneSpec) -> bool:
     return _clear_offset(a.cx - b.cx, a.cy - b.cy, scene)
 
 
-
 def make_question(
     skill: str, scene: SceneSpec, rng: np.random.Generator, spatial: str = "location"
 ) -> Question | None:
