@@ -36,6 +36,7 @@ from mllm_diagnostics import probe_accuracy  # noqa: E402
 from mllm_recipe import cached  # noqa: E402
 
 from vislaw.data.text import location  # noqa: E402
+from vislaw.train import grid_side, pool_tokens  # noqa: E402
 
 WINDOW = 16  # pixels: two patches of the mini zoo (stride 8), about a large object's glyph
 
@@ -117,9 +118,9 @@ def place_table(results: Path, records: list[dict], side_px: float) -> None:
     print("| input | place | colour | category |")
     print("| --- | --- | --- | --- |")
     for cache in sorted((results / "features").glob("*/caption_train.h5")):
-        tokens = cached(results, cache.parent.name, "caption_train", [image for image, _, _ in items]).numpy()
-        side = int(round(tokens.shape[1] ** 0.5))
-        grid = tokens.reshape(len(tokens), side // 2, 2, side // 2, 2, -1).mean(axis=(2, 4))
+        pooled = pool_tokens(cached(results, cache.parent.name, "caption_train", [image for image, _, _ in items]), 2)
+        side = grid_side(pooled.shape[1])
+        grid = pooled.reshape(len(pooled), side, side, -1).numpy()
         one, _ = token_cells(grid, [(o["cx"], o["cy"]) for _, o, _ in items], side_px)
         cells = [f"{100 * probe_accuracy(one[:cut], y[:cut], one[cut:], y[cut:]):.0f} %" for y in labels.values()]
         print(f"| {cache.parent.name} | " + " | ".join(cells) + " |", flush=True)
