@@ -71,21 +71,12 @@ class CaptionedUNet(MiniUNet):
         self.cross16 = CrossAttention(deep, text_dim)
         self.cross8 = CrossAttention(dim, text_dim)
         self.context: tuple[torch.Tensor, torch.Tensor] | None = None
+        # forward hooks put the attention after each block's output, so MiniUNet's own passes run unchanged
+        self.mid16.register_forward_hook(lambda _block, _inputs, out: self._attend(self.cross16, out))
+        self.up8.register_forward_hook(lambda _block, _inputs, out: self._attend(self.cross8, out))
 
-    def _run(self, x: torch.Tensor, until: int) -> dict[str, torch.Tensor]:
-        maps = {"s4": self.inc(x)}
-        maps["down8"] = self.down8(maps["s4"])
-        if until >= 1:
-            maps["mid16"] = self.mid16(maps["down8"])
-            if self.context is not None:
-                maps["mid16"] = self.cross16(maps["mid16"], *self.context)
-        if until >= 2:
-            maps["up8"] = self.up8(self._join(maps["mid16"], maps["down8"]))
-            if self.context is not None:
-                maps["up8"] = self.cross8(maps["up8"], *self.context)
-        if until >= 3:
-            maps["up4"] = self.up4(self._join(maps["up8"], maps["s4"]))
-        return maps
+    def _attend(self, cross: CrossAttention, out: torch.Tensor) -> torch.Tensor:
+        return out if self.context is None else cross(out, *self.context)
 
 
 class CaptionedDenoise(Denoise):
