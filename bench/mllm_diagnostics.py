@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from vislaw.data import world
+from vislaw.train import pool_tokens
 
 
 def accuracy_by_object_count(results: Path, params: world.WorldParams, encoders: list[str],
@@ -75,13 +76,14 @@ def linear_probes(results: Path, encoders: list[str]) -> None:
             ids = [x.decode() if isinstance(x, bytes) else x for x in h5["image_ids"][()]]
             index = {k: i for i, k in enumerate(ids)}
             tokens = h5["tokens"][()].astype(np.float32)[[index[r["image"]] for r in single]]
-        n, count, dim = tokens.shape
+        count = tokens.shape[1]
         side = int(round(count ** 0.5))
         if side * side != count:
             print(f"| {encoder} | (prefix tokens kept: skipped) | | | |")
             continue
-        grid = torch.from_numpy(tokens).view(n, side, side, dim).permute(0, 3, 1, 2)
-        pooled = torch.nn.functional.avg_pool2d(grid, 2, ceil_mode=True).flatten(1).numpy()
+        # stage 1's 2 x 2 pooling, all cells flattened channel-major (as before: the probe's initial weights
+        # follow the feature order)
+        pooled = pool_tokens(torch.from_numpy(tokens), 2).transpose(1, 2).flatten(1).numpy()
         cells = []
         for target in ("category", "colour"):
             labels = [r["objects"][0][target] for r in single]
