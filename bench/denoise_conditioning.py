@@ -36,6 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from object_probe import place_table  # noqa: E402
 
+from vislaw.data.datasets import image_set  # noqa: E402
 from vislaw.zoo.arch import MiniUNet  # noqa: E402
 from vislaw.zoo.data import load_caption_set  # noqa: E402
 from vislaw.zoo.objectives import Denoise, normalise  # noqa: E402
@@ -131,23 +132,24 @@ def write_caches(out: Path, results: Path, unet: CaptionedUNet, empty: tuple[tor
     for link in ("data", "llm"):
         if not (out / link).exists():
             (out / link).symlink_to((results / link).resolve())
+    indices = range(1, len(LAYERS) + 1)  # MiniUNet.LAYERS' positions of mid16 and up8
     for dataset in ("caption_train", "caption_probe", "qa_test"):
-        with h5py.File(results / "features" / "denoise_96" / f"{dataset}.h5", "r") as cache:
-            ids = [x.decode() if isinstance(x, bytes) else x for x in cache["image_ids"][()]]
+        images = image_set(results / "data", dataset)
         tokens = {layer: [] for layer in LAYERS}
-        for start in range(0, len(ids), 100):
-            chunk = ids[start : start + 100]
-            pixels = np.stack([np.asarray(Image.open(results / "data" / i).convert("RGB")) for i in chunk])
+        for start in range(0, len(images.paths), 100):
+            chunk = images.paths[start : start + 100]
+            pixels = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in chunk])
             x = normalise(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255)
             unet.context = (empty[0].expand(len(x), -1, -1), empty[1].expand(len(x), -1)) if conditioned else None
             with torch.no_grad():
-                for index, layer in enumerate(LAYERS, start=1):
-                    tokens[layer].append(unet.features(x, [index])[index].numpy())
+                maps = unet.features(x, indices)  # both layers from one pass
+            for index, layer in zip(indices, LAYERS, strict=True):
+                tokens[layer].append(maps[index].numpy())
         for layer, chunks in tokens.items():
             folder = out / "features" / f"{name}_{layer}"
             folder.mkdir(parents=True, exist_ok=True)
             with h5py.File(folder / f"{dataset}.h5", "w") as cache:
-                cache["image_ids"] = np.array(ids, dtype=object)
+                cache["image_ids"] = np.array(images.ids, dtype=object)
                 cache["tokens"] = np.concatenate(chunks).astype(np.float16)
     unet.context = None
 
