@@ -9,6 +9,7 @@ rule extract_features:
         f"{OUT}/logs/extract_features/{{encoder}}.log",
     benchmark:
         f"{OUT}/benchmarks/extract_features/{{encoder}}.tsv"
+    priority: PRIORITY["extract_features"]
     conda:
         "../envs/torch.yaml"
     threads: 1  # one torch thread per job: on a CPU two 1-thread jobs beat one oversubscribed 2-thread job

@@ -41,7 +41,7 @@ rule ac_table:
         runtime=10,
     params:
         encoders=ENCODERS,
-        code=code_hash("jobs"),
+        code=code_hash("aggregate"),
     script:
         "../workflow/scripts/ac_table.py"
 

@@ -7,6 +7,7 @@ rule pretrain_llm:
         f"{OUT}/logs/pretrain_llm.log",
     benchmark:
         f"{OUT}/benchmarks/pretrain_llm.tsv"
+    priority: PRIORITY["pretrain_llm"]
     conda:
         "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
@@ -32,6 +33,7 @@ rule train_projector:
         f"{OUT}/logs/train_projector/{{encoder}}.log",
     benchmark:
         f"{OUT}/benchmarks/train_projector/{{encoder}}.tsv"
+    priority: PRIORITY["train_projector"]
     conda:
         "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores

@@ -18,7 +18,7 @@ checkpoint policy_round:
         evals=lambda wc: eval_files(trained_before(int(wc.round))),
         round=lambda wc: int(wc.round),
         settings=config["policy"],
-        code=code_hash("policy", "jobs"),
+        code=code_hash("policy", "aggregate"),
     script:
         "../workflow/scripts/policy_round.py"
 
@@ -35,6 +35,7 @@ rule train_mllm:
         f"{OUT}/logs/train_mllm/{{encoder}}.log",
     benchmark:
         f"{OUT}/benchmarks/train_mllm/{{encoder}}.tsv"
+    priority: PRIORITY["train_mllm"]
     conda:
         "../envs/torch.yaml"
     threads: 1  # the GPU does the work; on a CPU, one thread per job avoids oversubscribing cores
@@ -97,7 +98,7 @@ rule measurements:
     params:
         evals=lambda wc: eval_files(trained_settings()),
         benchmarks=BENCHMARKS,
-        code=code_hash("jobs"),
+        code=code_hash("aggregate"),
     script:
         "../workflow/scripts/measurements.py"
 
@@ -121,6 +122,6 @@ rule policy_report:
     params:
         evals=lambda wc: eval_files(trained_settings()),
         settings=config["policy"],
-        code=code_hash("policy", "jobs"),
+        code=code_hash("policy", "aggregate"),
     script:
         "../workflow/scripts/policy_report.py"

@@ -7,6 +7,7 @@ rule pretrain_encoder:
         f"{OUT}/logs/pretrain_encoder/{{zoo_encoder}}.log",
     benchmark:
         f"{OUT}/benchmarks/pretrain_encoder/{{zoo_encoder}}.tsv"
+    priority: PRIORITY["pretrain_encoder"]
     conda:
         "../envs/torch.yaml"
     threads: 1  # small models: one thread each lets two trainings share the two cores efficiently
