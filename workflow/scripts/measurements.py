@@ -5,7 +5,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
 
-from vislaw.jobs import evaluation_table, measured_table  # noqa: E402
+from vislaw.aggregate import evaluation_table, measured_table  # noqa: E402
 
 inp, params, out = snakemake.input, snakemake.params, snakemake.output  # noqa: F821
 measured_table(inp.ac, params.evals, params.benchmarks, out.measurements)

@@ -4,7 +4,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
 
-from vislaw.jobs import policy_report  # noqa: E402
+from vislaw.aggregate import policy_report  # noqa: E402
 
 policy_report(
     snakemake.input.ac,  # noqa: F821

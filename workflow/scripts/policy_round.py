@@ -4,7 +4,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
 
-from vislaw.jobs import policy_round  # noqa: E402
+from vislaw.aggregate import policy_round  # noqa: E402
 
 policy_round(
     snakemake.input.ac,  # noqa: F821
