@@ -103,6 +103,12 @@ stop() {
   stop_pid /run/slurmd.pid
   stop_pid /run/slurmctld.pid
   stop_pid /run/munge/munged.pid
+  # Our configuration goes too: with it and no controller, every SLURM client call waits ~9 s for one, and the
+  # SLURM executor plugin calls `scontrol show config` when Snakemake starts, so every later local Snakemake
+  # run on this machine (the tests after this one, the default workflow) would start 9 s late.
+  if grep -qx "ClusterName=vislaw-test" "$conf_dir/slurm.conf" 2>/dev/null; then
+    rm -f "$conf_dir/slurm.conf" "$conf_dir/gres.conf"
+  fi
 }
 
 case "${1:-}" in
