@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: workflow jobs have no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -150,32 +151,33 @@ def plot_r2_comparison(summary: pd.DataFrame, feature_sets: Sequence[str], out_p
     _save(fig, out_png)
 
 
+def _recall_panel(ax: plt.Axes, budget: Sequence[int], recall: pd.DataFrame, title: str) -> None:
+    """One panel of the policy plot: Recall@3 and @1 of the AC policy and random order's Recall@3 by budget."""
+    ax.plot(budget, recall["recall_at_3"], marker="o", ms=3, label="AC policy, Recall@3")
+    ax.plot(budget, recall["recall_at_1"], marker=".", ms=3, ls=":", label="AC policy, Recall@1")
+    ax.plot(budget, recall["random_recall_at_3"], color="0.5", ls="--", label="random order")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # budgets are whole trainings
+    ax.set_xlabel("trainings (budget)", fontsize=8)
+    ax.set_ylabel("recall", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
 def plot_policy_recall(simulation: pd.DataFrame, groups: Mapping[str, str], out_png: str | Path) -> None:
     """Recall@3 of the AC policy by training budget against random order, per benchmark and on average."""
     benchmarks = list(dict.fromkeys(simulation["benchmark"]))
     fig, axes = _panel_grid(len(benchmarks) + 1, width=3.4, height=3.0)
     for ax, benchmark in zip(axes, benchmarks):
         sub = simulation[simulation["benchmark"] == benchmark]
-        ax.plot(sub["budget"], sub["recall_at_3"], marker="o", ms=3, label="AC policy, Recall@3")
-        ax.plot(sub["budget"], sub["recall_at_1"], marker=".", ms=3, ls=":", label="AC policy, Recall@1")
-        ax.plot(sub["budget"], sub["random_recall_at_3"], color="0.5", ls="--", label="random order")
-        ax.set_title(f"{benchmark} ({groups.get(benchmark, '?')})", fontsize=9)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("trainings (budget)", fontsize=8)
-        ax.set_ylabel("recall", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        _recall_panel(ax, sub["budget"], sub, f"{benchmark} ({groups.get(benchmark, '?')})")
     mean = simulation.groupby("budget")[["recall_at_1", "recall_at_3", "random_recall_at_3"]].mean()
     ax = axes[len(benchmarks)]
-    ax.plot(mean.index, mean["recall_at_3"], marker="o", ms=3, label="AC policy, Recall@3")
-    ax.plot(mean.index, mean["recall_at_1"], marker=".", ms=3, ls=":", label="AC policy, Recall@1")
-    ax.plot(mean.index, mean["random_recall_at_3"], color="0.5", ls="--", label="random order")
-    ax.set_title("mean over benchmarks", fontsize=9)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("trainings (budget)", fontsize=8)
-    ax.grid(alpha=0.3)
+    _recall_panel(ax, mean.index, mean, "mean over benchmarks")
     ax.legend(fontsize=6, loc="lower right")
     trials = int(simulation["trials"].iloc[0])
-    fig.suptitle(f"AC policy: share of {trials} runs whose predicted top-3 holds the best setting", fontsize=10)
+    fig.suptitle(f"AC policy: share of {trials} simulated runs whose predicted top 1 (Recall@1) or top 3 "
+                 "(Recall@3) holds the best setting", fontsize=10)
     fig.tight_layout()
     _save(fig, out_png)
