@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -23,7 +24,7 @@ def _simulation() -> pd.DataFrame:
 
 
 @pytest.fixture
-def policy_figure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> plt.Figure:
+def policy_figure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[plt.Figure]:
     """The figure plot_policy_recall draws for the planted simulation (captured instead of saved)."""
     captured: list[plt.Figure] = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: captured.append(fig))
