@@ -166,7 +166,8 @@ def _recall_panel(ax: plt.Axes, budget: Sequence[int], recall: pd.DataFrame, tit
 
 
 def plot_policy_recall(simulation: pd.DataFrame, groups: Mapping[str, str], out_png: str | Path) -> None:
-    """Recall@3 of the AC policy by training budget against random order, per benchmark and on average."""
+    """Recall@1 and @3 of the AC policy by training budget against random order's Recall@3, per benchmark and on
+    average."""
     benchmarks = list(dict.fromkeys(simulation["benchmark"]))
     fig, axes = _panel_grid(len(benchmarks) + 1, width=3.4, height=3.0)
     for ax, benchmark in zip(axes, benchmarks):
