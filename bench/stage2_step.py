@@ -1,0 +1,103 @@
+"""One stage-2 step of the mini-world's LM on this CPU: milliseconds a step, and how close its matrix products
+come to the core's rate.
+
+The default run's stage 2 is half of its job-seconds, so whether a host meets the 15 minutes is mostly how fast
+this step is. Shapes are the default's: the tiny Llama of ``config.yaml`` (`vislaw.tinyllama.TinyLlama`,
+random weights: the time does not depend on them), a batch of 32 sequences of 80 positions (BOS, 36 visual
+tokens, text; right padding of 0-9 positions) with the loss on the last 40, gradients to the input embeddings
+as the projector needs them. Prints the step time (min and median of ``--repeats`` timings of ``--steps``
+steps), the GFLOP/s of the step's matrix products and of lone products of the same shapes, and with
+``--profile`` the operators by self time.
+
+    python bench/stage2_step.py [--threads 1] [--steps 20] [--repeats 5] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vislaw.tinyllama import TinyLlama
+
+LM = {  # config.yaml's llm.pretrain shape, in Hugging Face's Llama config
+    "model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 344,
+    "num_hidden_layers": 4, "num_attention_heads": 4, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+}
+BATCH, POSITIONS, KEPT = 32, 80, 40
+
+
+def step_matmul_flops() -> float:
+    """FLOPs of one step's matrix products: the layers' projections on every position (forward, and backward
+    for inputs and weights: 3x) and the tied head on the kept positions (the same 3x)."""
+    width, inner, layers = LM["hidden_size"], LM["intermediate_size"], LM["num_hidden_layers"]
+    per_position = layers * (4 * width * width + 3 * width * inner)
+    head = KEPT * width * LM["vocab_size"]
+    return 3 * 2 * BATCH * (POSITIONS * per_position + head)
+
+
+def lone_product_rate(rows: int, inner: int, cols: int, repeats: int = 50) -> float:
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * inner * cols * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    model = TinyLlama(LM)
+    model.train()
+    embeds = torch.randn(BATCH, POSITIONS, LM["hidden_size"], requires_grad=True)
+    labels = torch.randint(0, LM["vocab_size"], (BATCH, KEPT))
+    attention = torch.ones(BATCH, POSITIONS, dtype=torch.long)
+    for row in range(BATCH):
+        attention[row, POSITIONS - row % 10 :] = 0
+
+    def step() -> None:
+        out = model(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=KEPT)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), labels.flatten())
+        model.zero_grad(set_to_none=True)
+        embeds.grad = None
+        loss.backward()
+
+    for _ in range(5):
+        step()
+    timings = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        timings.append((time.perf_counter() - start) / args.steps * 1e3)
+    print(f"stage-2 step, {args.threads} thread(s): min {min(timings):.1f} ms, median "
+          f"{statistics.median(timings):.1f} ms ({BATCH} x {POSITIONS} positions, {KEPT} scored)")
+    print(f"step's matrix products: {step_matmul_flops() / 1e9:.2f} GFLOP "
+          f"(= {step_matmul_flops() / min(timings) / 1e6:.0f} GFLOP/s if they were the whole step)")
+    width, inner = LM["hidden_size"], LM["intermediate_size"]
+    for rows, k, cols in [(1024, 1024, 1024), (BATCH * POSITIONS, width, width),
+                          (BATCH * POSITIONS, width, inner), (BATCH * POSITIONS, inner, width)]:
+        print(f"lone product ({rows}, {k}) x ({k}, {cols}): {lone_product_rate(rows, k, cols):.0f} GFLOP/s")
+    if args.profile:
+        from torch.profiler import profile
+
+        with profile() as prof:
+            for _ in range(10):
+                step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
