@@ -17,17 +17,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from vislaw.tinyllama import TinyLlama
 
-LM = {  # config.yaml's llm.pretrain shape, in Hugging Face's Llama config
-    "model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 344,
-    "num_hidden_layers": 4, "num_attention_heads": 4, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-}
-BATCH, POSITIONS, KEPT = 32, 80, 40
+SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_DEFAULT = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+# The default run's LM shape (llm.pretrain), as the Hugging Face Llama config pretrain_llm writes.
+LM = {"model_type": "llama", "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+      **{key: _DEFAULT["llm"]["pretrain"][key] for key in SHAPE_KEYS}}
+BATCH = _DEFAULT["stage2"]["batch_size"]
+POSITIONS, KEPT = 80, 40  # a default stage-2 batch: BOS + 36 visual tokens + up to 43 text; loss from the answer on
 
 
 def step_matmul_flops() -> float:
