@@ -31,7 +31,9 @@ _DEFAULT = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").
 LM = {"model_type": "llama", "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
       **{key: _DEFAULT["llm"]["pretrain"][key] for key in SHAPE_KEYS}}
 BATCH = _DEFAULT["stage2"]["batch_size"]
-POSITIONS, KEPT = 80, 40  # a default stage-2 batch: BOS + 36 visual tokens + up to 43 text; loss from the answer on
+# A default stage-2 batch: BOS + 36 visual tokens + up to 43 text positions. Logits are kept from the batch's
+# shortest prompt's end on; 40 bounds that from above (the head is then 4 % of the step's products).
+POSITIONS, KEPT = 80, 40
 
 
 def step_matmul_flops() -> float:
