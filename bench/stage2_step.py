@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from vislaw.tinyllama import TinyLlama
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_speed import matmul_rate, seconds_per_call  # noqa: E402
+
+from vislaw.tinyllama import TinyLlama  # noqa: E402
 
 SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _DEFAULT = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
@@ -43,16 +47,6 @@ def step_matmul_flops() -> float:
     per_position = layers * (4 * width * width + 3 * width * inner)
     head = KEPT * width * LM["vocab_size"]
     return 3 * 2 * BATCH * (POSITIONS * per_position + head)
-
-
-def lone_product_rate(rows: int, inner: int, cols: int, repeats: int = 50) -> float:
-    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * rows * inner * cols * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -92,10 +86,14 @@ def main() -> None:
           f"{statistics.median(timings):.1f} ms ({BATCH} x {POSITIONS} positions, {KEPT} scored)")
     print(f"step's matrix products: {step_matmul_flops() / 1e9:.2f} GFLOP "
           f"(= {step_matmul_flops() / min(timings) / 1e6:.0f} GFLOP/s if they were the whole step)")
+    cpu = torch.device("cpu")
+    print(f"lone product (1024, 1024) x (1024, 1024): {matmul_rate(cpu, 1024, torch.float32) / 1e9:.0f} GFLOP/s")
     width, inner = LM["hidden_size"], LM["intermediate_size"]
-    for rows, k, cols in [(1024, 1024, 1024), (BATCH * POSITIONS, width, width),
-                          (BATCH * POSITIONS, width, inner), (BATCH * POSITIONS, inner, width)]:
-        print(f"lone product ({rows}, {k}) x ({k}, {cols}): {lone_product_rate(rows, k, cols):.0f} GFLOP/s")
+    for rows, k, cols in [(BATCH * POSITIONS, width, width), (BATCH * POSITIONS, width, inner),
+                          (BATCH * POSITIONS, inner, width)]:
+        a, b = torch.randn(rows, k), torch.randn(k, cols)
+        rate = 2 * rows * k * cols / seconds_per_call(lambda a=a, b=b: a @ b, cpu, warmup=3, iters=50, repeats=1)
+        print(f"lone product ({rows}, {k}) x ({k}, {cols}): {rate / 1e9:.0f} GFLOP/s")
     if args.profile:
         from torch.profiler import profile
 
