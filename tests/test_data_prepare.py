@@ -4,6 +4,7 @@ workflow's 'data' block (the paper-real preset's dry run, one data source, the p
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from .conftest import REPO, copy_workflow, planned_rules, snakemake
 SPAIR_FIXTURE = Path(__file__).parent / "fixtures" / "spair"
 PRESET = "presets/paper-real.yaml"
 N_CAPTIONS = 12
+# The preset's diffusion settings -> the tiny pipeline family that stands in for each (tests/tiny_checkpoints.py)
+DIFFUSION_SETTINGS = {"SD15": "sd", "SD21": "sd", "SDim": "sdim", "SDXL": "sdxl", "DiT": "dit", "SD3": "sd3"}
 
 
 def _jpeg(path: Path, colour: tuple[int, int, int]) -> None:
@@ -263,7 +266,7 @@ def test_paper_real_preset_validates_and_lists_the_15_settings() -> None:
 def real_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workflow copy with ``presets/real-tiny.yaml``: the paper-real preset pointed at a tiny source, the
     transformers encoders at tiny local checkpoints and the LM at a local folder."""
-    from .tiny_checkpoints import save_hf_tower
+    from .tiny_checkpoints import DIFFUSION_GRID, save_diffusion_pipeline, save_hf_tower
 
     root = tmp_path_factory.mktemp("real")
     workdir = copy_workflow(root / "clone")
@@ -277,6 +280,12 @@ def real_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         family = next((f for f in ("clip", "siglip", "dinov2") if entry["spec"].startswith(f"{f}_vit")), None)
         if family:
             entry["weights"] = towers[family]
+    if importlib.util.find_spec("diffusers") is not None:
+        # The diffusion settings at tiny pipelines of their families, at 32 px (their grids: tiny_checkpoints).
+        for key, family in DIFFUSION_SETTINGS.items():
+            block, patch = DIFFUSION_GRID[family]
+            config["encoders"][key].update(weights=str(save_diffusion_pipeline(family, root / "pipes")),
+                                           image_size=32, patch=patch)
     (root / "vicuna").mkdir()
     config["llm"]["weights"] = str(root / "vicuna")
     config["a_score"]["n_probe"] = 4
@@ -299,6 +308,26 @@ def test_paper_real_preset_plans_the_measuring_dag(real_workdir: Path) -> None:
         "ac_table": 1, "policy_round": 1, "measurements": 1, "policy_report": 1, "fit_law": 1,
         "simulate_policy": 1, "plot_law": 1, "plot_r2": 1, "plot_policy": 1, "summary": 1,
     }
+
+
+@pytest.mark.workflow
+def test_paper_real_diffusion_settings_extract_through_the_workflow(real_workdir: Path) -> None:
+    # The six diffusion settings' extract_features jobs, run by snakemake: one cache per image set each, on
+    # the settings' grids (8x8 for the U-Nets' first up-block, 4x4 for the transformers' merged tokens).
+    pytest.importorskip("diffusers")
+    import h5py
+
+    targets = [f"results/real-tiny/features/{key}/spair_test.h5" for key in DIFFUSION_SETTINGS]
+    snakemake(real_workdir, *targets, "--configfile", "presets/real-tiny.yaml")
+    for key, family in DIFFUSION_SETTINGS.items():
+        with h5py.File(real_workdir / "results" / "real-tiny" / "features" / key / "spair_test.h5") as h5:
+            protocol = json.loads(h5.attrs["protocol"])
+            shape = h5["tokens"].shape
+            assert json.loads(h5.attrs["library_versions"])["diffusers"]
+        grid = [8, 8] if family in ("sd", "sdxl", "sdim") else [4, 4]
+        assert protocol["grid"] == grid and shape == (4, grid[0] * grid[1], 32 if grid == [8, 8] else 64), key
+        assert protocol["spec"]["options"]["block"] == ("up1" if grid == [8, 8] else "last_merge2x2")
+    assert planned_rules(real_workdir, *targets, "--configfile", "presets/real-tiny.yaml") == {}
 
 
 @pytest.mark.workflow

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import itertools
 import json
 import os
@@ -458,8 +459,13 @@ def library_versions() -> dict[str, str]:
     import timm
     import transformers
 
-    return {"vislaw": vislaw.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "timm": timm.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
+    versions = {"vislaw": vislaw.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                "timm": timm.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
+    try:  # the optional extra of the diffusion settings; read from its metadata, not imported
+        versions["diffusers"] = importlib.metadata.version("diffusers")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
 
 
 def _differences(stored: Any, expected: Any, prefix: str = "") -> list[str]:

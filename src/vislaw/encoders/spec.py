@@ -47,7 +47,7 @@ class EncoderSpec:
     frame: ``pad`` = zero-pad to a square keeping aspect, then resize (METHOD's C protocol); ``stretch`` =
         resize to a square directly (only to replicate the paper code's numbers).
     options: kind-specific settings (``hf``: model_class; ``timm``: model, model_kwargs, seed; ``concat``:
-        grid, resample).
+        grid, resample; ``diffusers``: block, timestep, prompt, ensemble, seed, skip).
     parts: the specs joined by a ``concat`` spec.
     name: the config key; used in error messages and records, not part of what determines the features.
     """
