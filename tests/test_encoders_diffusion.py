@@ -194,15 +194,20 @@ def test_missing_diffusers_names_the_extra(monkeypatch: pytest.MonkeyPatch, pipe
         create_encoder(diffusion_spec("sd", pipes["sd"]))
 
 
-def test_extraction_writes_the_cache_through_the_feature_path(pipes: dict[str, Path], tmp_path: Path) -> None:
+def _write_images(root: Path) -> list[Path]:
     from PIL import Image
 
     rng = np.random.default_rng(0)
     paths = []
     for index, size in enumerate([(40, 30), (32, 32), (20, 50)]):  # framed (padded) to 32 px
-        path = tmp_path / f"img{index}.png"
+        path = root / f"img{index}.png"
         Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
         paths.append(path)
+    return paths
+
+
+def test_extraction_writes_the_cache_through_the_feature_path(pipes: dict[str, Path], tmp_path: Path) -> None:
+    paths = _write_images(tmp_path)
     spec = diffusion_spec("sdxl", pipes["sdxl"])
     out = tmp_path / "sdxl.h5"
     protocol = extract_to_h5(spec, paths, out, batch_size=2, device="cpu")
@@ -252,3 +257,17 @@ def test_paper_specs_fit_their_models_block_structure(name: str, down: tuple[str
                                                    num_layers=1, patch_size=2, sample_size=8)
     encoder = DiffusersEncoder(spec, vae, denoiser, {}, (1.0, 0.0))
     assert encoder.grid == grid and encoder.noise.shape[-1] == spec.image_size // 8
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_bf16_compute_is_within_rounding(family: str, pipes: dict[str, Path], tmp_path: Path) -> None:
+    # The GPU's path (bf16 autocast through the VAE and the denoiser), run on the CPU.
+    paths = _write_images(tmp_path)
+    spec = diffusion_spec(family, pipes[family])
+    extract_to_h5(spec, paths, tmp_path / "full.h5", device="cpu")
+    extract_to_h5(spec, paths, tmp_path / "bf16.h5", device="cpu", compute_dtype=torch.bfloat16)
+    with h5py.File(tmp_path / "full.h5") as full_h5, h5py.File(tmp_path / "bf16.h5") as low_h5:
+        full = full_h5["tokens"][:].astype(np.float32)
+        low = low_h5["tokens"][:].astype(np.float32)
+    error = np.linalg.norm(low - full) / np.linalg.norm(full)
+    assert 0 < error < 3e-2  # above 0: the denoiser did run in bf16
