@@ -106,17 +106,8 @@ def component_seconds(encoder: DiffusersEncoder, size: int, device: str) -> tupl
         encoder._read(noisy)
         _sync(device)
         read = time.perf_counter() - start
-        kwargs = {name: getattr(encoder, f"cond_{name}") for name in encoder.conditioning_names}
-        added = {name: kwargs.pop(name) for name in encoder.added}
-        if added:
-            kwargs["added_cond_kwargs"] = added
-        timestep = torch.full((1,), encoder.timestep, device=device)
-        timestep = timestep.float() if "pooled_projections" in kwargs else timestep.long()  # SD3: a float
         start = time.perf_counter()
-        if encoder.is_unet:
-            encoder.denoiser(noisy, timestep, **kwargs)
-        else:
-            encoder.denoiser(hidden_states=noisy, timestep=timestep, **kwargs)
+        encoder.run_denoiser(noisy)
         _sync(device)
     return vae, read, time.perf_counter() - start
 

@@ -118,6 +118,22 @@ def test_sd3_tokens_equal_a_full_pass_with_rectified_flow_noise(pipes: dict[str,
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_dit_tokens_equal_a_full_pass_with_the_null_class(pipes: dict[str, Path]) -> None:
+    from diffusers import DDPMScheduler
+
+    encoder = create_encoder(diffusion_spec("dit", pipes["dit"]))
+    images = _images()
+    pipe = _load("dit", pipes["dit"])
+    with torch.no_grad():
+        latents = pipe.vae.encode(images * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+        noise = _fixed_noise(latents.shape[1:]).expand_as(latents)
+        noisy = DDPMScheduler.from_config(pipe.scheduler.config).add_noise(latents, noise, torch.tensor([1]))
+        last = _run_capturing(pipe.transformer, pipe.transformer.transformer_blocks[-1], noisy,
+                              timestep=torch.tensor([1] * 3), class_labels=torch.tensor([10] * 3))
+        got = encoder.tokens(images)[-1]
+    torch.testing.assert_close(got, merge_2x2(last, 8), rtol=1e-4, atol=1e-5)
+
+
 def test_dit_reads_the_null_class_and_sdxl_an_uncropped_image(pipes: dict[str, Path]) -> None:
     dit = create_encoder(diffusion_spec("dit", pipes["dit"]))
     assert dit.cond_class_labels.tolist() == [10]  # 10 classes: the label dropped for guidance is index 10

@@ -148,8 +148,8 @@ class DiffusersEncoder(Encoder):
             )
         return {layer: tokens for layer in layers}
 
-    def _read(self, noisy: torch.Tensor) -> torch.Tensor:
-        """One denoiser pass on noisy latents, stopped at the read block: (B, h*w, D) tokens, row-major."""
+    def run_denoiser(self, noisy: torch.Tensor) -> Any:
+        """The denoiser's pass on noisy latents with the empty prompt's conditioning and the timestep."""
         batch = noisy.shape[0]
         kwargs: dict[str, Any] = {}
         for name in self.conditioning_names:
@@ -159,18 +159,21 @@ class DiffusersEncoder(Encoder):
             else:
                 kwargs[name] = value
         timestep = torch.full((batch,), self.timestep, device=noisy.device, dtype=torch.long)
-        if not self.is_unet and "pooled_projections" in kwargs:
+        if self.is_unet:
+            return self.denoiser(noisy, timestep, **kwargs)
+        if "pooled_projections" in kwargs:
             timestep = timestep.float()  # SD3 embeds a float timestep
+        return self.denoiser(hidden_states=noisy, timestep=timestep, **kwargs)
+
+    def _read(self, noisy: torch.Tensor) -> torch.Tensor:
+        """One denoiser pass on noisy latents, stopped at the read block: (B, h*w, D) tokens, row-major."""
 
         def capture(module: nn.Module, args: Any, output: Any) -> None:
             raise _Captured(output)
 
         handle = self._target_module().register_forward_hook(capture)
         try:
-            if self.is_unet:
-                self.denoiser(noisy, timestep, **kwargs)
-            else:
-                self.denoiser(hidden_states=noisy, timestep=timestep, **kwargs)
+            self.run_denoiser(noisy)
         except _Captured as captured:
             output = captured.output
         else:  # pragma: no cover - the hook always fires on a forward pass through the block
