@@ -367,6 +367,11 @@ def test_bad_entries_name_key(entry: dict, key: str) -> None:
         ({"kind": "nope", "patch": 8}, r"encoders\.bad\.kind: Unknown encoder kind 'nope'"),
         ({"kind": "hf", "weights": "./missing"}, r"encoders\.bad\.patch: required"),
         ({"kind": "hf", "weights": "./missing", "patch": 8}, r"encoders\.bad\.weights: path './missing' does not exist"),
+        # the diffusers kind's options, without torch or diffusers
+        ({"spec": "sd15_unet.runway", "options": {"ensembel": 8}}, r"bad\.options: unknown option 'ensembel'"),
+        ({"kind": "diffusers", "patch": 32, "options": {"timestep": 1}}, r"bad\.options: kind 'diffusers' needs"),
+        ({"spec": "sdxl_unet.stability", "options": {"block": "down1"}}, r"encoders\.bad\.options: block must be upK"),
+        ({"spec": "dit_xl2_512.facebook", "options": {"timestep": -1}}, r"encoders\.bad\.options: timestep must be an"),
     ],
 )
 def test_check_spec_fails_at_parse_time(entry: dict, message: str) -> None:

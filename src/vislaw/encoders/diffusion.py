@@ -33,7 +33,6 @@ options:
 from __future__ import annotations
 
 import importlib.util
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,12 +40,10 @@ import torch
 from torch import nn
 
 from vislaw.encoders.base import Encoder, check_patch, require_stats
+from vislaw.encoders.diffusion_options import TRANSFORMER_BLOCKS, UP_BLOCK, check_diffusers_options, int_option
 from vislaw.encoders.registry import register_encoder
 from vislaw.encoders.spec import EncoderConfigError, EncoderSpec, hub_id, local_weights
 
-_UP_BLOCK = re.compile(r"^up([1-9][0-9]*)$")
-_TRANSFORMER_BLOCKS = ("last", "last_merge2x2")
-_OPTIONS = ("block", "timestep", "prompt", "ensemble", "seed", "skip")
 _UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 
 
@@ -76,8 +73,8 @@ class DiffusersEncoder(Encoder):
         self.denoiser = denoiser
         self.num_layers = 1  # one read point, named by options.block
         self.block = str(options.get("block", ""))
-        self.timestep = _int_option(spec, "timestep", 1, low=0)
-        self.ensemble = _int_option(spec, "ensemble", 1, low=1)
+        self.timestep = int_option(spec, "timestep", 1, low=0)
+        self.ensemble = int_option(spec, "ensemble", 1, low=1)
         self.signal_scale, self.noise_scale = noise_scale
         self.is_unet = hasattr(denoiser, "up_blocks")
         self.merge = self.block == "last_merge2x2"
@@ -91,7 +88,7 @@ class DiffusersEncoder(Encoder):
                 "for this model"
             )
         channels = int(vae.config.latent_channels)
-        generator = torch.Generator().manual_seed(_int_option(spec, "seed", 0, low=0))
+        generator = torch.Generator().manual_seed(int_option(spec, "seed", 0, low=0))
         # Buffers, so that .to(device) moves them with the model.
         noise = torch.randn(self.ensemble, channels, latent_side, latent_side, generator=generator)
         self.register_buffer("noise", noise, persistent=False)
@@ -103,14 +100,14 @@ class DiffusersEncoder(Encoder):
     def _target_module(self) -> nn.Module:
         key = self.spec.key("options")
         if self.is_unet:
-            match = _UP_BLOCK.match(self.block)
+            match = UP_BLOCK.match(self.block)
             count = len(self.denoiser.up_blocks)
             if match is None or not 1 <= int(match.group(1)) <= count:
                 raise EncoderConfigError(f"{key}: block {self.block!r} for a U-Net must be up1..up{count}")
             return self.denoiser.up_blocks[int(match.group(1)) - 1]
-        if self.block not in _TRANSFORMER_BLOCKS:
+        if self.block not in TRANSFORMER_BLOCKS:
             raise EncoderConfigError(
-                f"{key}: block {self.block!r} for a transformer must be one of {_TRANSFORMER_BLOCKS}"
+                f"{key}: block {self.block!r} for a transformer must be one of {TRANSFORMER_BLOCKS}"
             )
         return self.denoiser.transformer_blocks[-1]
 
@@ -123,7 +120,7 @@ class DiffusersEncoder(Encoder):
         if not self.is_unet:
             return self.vae_scale * self._token_stride()
         downs = sum(getattr(block, "downsamplers", None) is not None for block in self.denoiser.down_blocks)
-        index = int(_UP_BLOCK.match(self.block).group(1))
+        index = int(UP_BLOCK.match(self.block).group(1))
         ups = sum(getattr(block, "upsamplers", None) is not None for block in self.denoiser.up_blocks[:index])
         return self.vae_scale * 2 ** max(downs - ups, 0)
 
@@ -202,13 +199,6 @@ def _repeat(value: torch.Tensor, batch: int) -> torch.Tensor:
     return value.expand(batch, *value.shape[1:])
 
 
-def _int_option(spec: EncoderSpec, name: str, default: int, low: int) -> int:
-    value = spec.options.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise EncoderConfigError(f"{spec.key('options')}: {name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def _noise_scale(spec: EncoderSpec, scheduler_config: Mapping[str, Any], timestep: int) -> tuple[float, float]:
     """(x0 scale, noise scale) at ``timestep`` for the schedule the denoiser was trained with."""
     from diffusers import DDPMScheduler
@@ -270,22 +260,12 @@ def build_diffusers(spec: EncoderSpec) -> DiffusersEncoder:
     from diffusers import DiffusionPipeline
 
     require_stats(spec)
-    unknown = sorted(set(spec.options) - set(_OPTIONS))
-    if unknown:
-        raise EncoderConfigError(
-            f"{spec.key('options')}: unknown option {unknown[0]!r} (allowed: {', '.join(_OPTIONS)})"
-        )
-    if "block" not in spec.options:
-        raise EncoderConfigError(
-            f"{spec.key('options')}: kind 'diffusers' needs options.block (e.g. up1, last_merge2x2)"
-        )
+    check_diffusers_options(spec)
     if spec.weights is None:
         raise EncoderConfigError(f"{spec.key('weights')}: required for kind 'diffusers' (hub id or local folder)")
     path = local_weights(spec)
     source = str(path) if path is not None else hub_id(spec.weights)
     skip = spec.options.get("skip", [])
-    if not isinstance(skip, (list, tuple)) or not all(isinstance(name, str) for name in skip):
-        raise EncoderConfigError(f"{spec.key('options')}: skip must be a list of component names, got {skip!r}")
     try:
         index = DiffusionPipeline.load_config(source, local_files_only=path is not None)
         # Components saved as absent (SD3 without T5, no safety checker) must be passed as None to load;
@@ -298,7 +278,7 @@ def build_diffusers(spec: EncoderSpec) -> DiffusersEncoder:
         raise EncoderConfigError(
             f"{spec.key('weights')}: cannot load a diffusers pipeline from {source!r}: {err}"
         ) from err
-    timestep = _int_option(spec, "timestep", 1, low=0)
+    timestep = int_option(spec, "timestep", 1, low=0)
     with torch.no_grad():
         conditioning, added = _conditioning(spec, pipe)
     denoiser = pipe.unet if "unet" in pipe.components else pipe.transformer

@@ -111,7 +111,8 @@ def create_encoder(spec_or_name: EncoderSpec | str, **overrides: Any) -> Encoder
 
 
 def check_spec(spec: EncoderSpec) -> EncoderSpec:
-    """Parse-time checks that need no model: registered kind, known grid, existing local weights.
+    """Parse-time checks that need no model: registered kind, known grid, existing local weights, and the
+    ``diffusers`` kind's options.
 
     For ``common.smk`` so that ``snakemake -n`` fails on a bad entry instead of a GPU job hours later.
     Layer range and patch are checked when the model is built (they need its architecture).
@@ -121,6 +122,10 @@ def check_spec(spec: EncoderSpec) -> EncoderSpec:
             f"{spec.key('kind')}: Unknown encoder kind {spec.kind!r} (known: {', '.join(encoder_kinds())})"
         )
     spec.grid  # noqa: B018  (raises naming 'patch' when the grid is unknown)
+    if spec.kind == "diffusers":
+        from vislaw.encoders.diffusion_options import check_diffusers_options  # torch-free
+
+        check_diffusers_options(spec)
     if spec.weights is not None and spec.weights != "pretrained" and not is_hub_id(spec.weights):
         local_weights(spec)
     for part in spec.parts:
