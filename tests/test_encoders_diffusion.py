@@ -194,6 +194,7 @@ def test_noise_scales_follow_the_training_schedule() -> None:
         ("dit", {"options": {"block": "last_merge2x2", "prompt": "a cat"}}, r"tiny_dit\.options: a class-conditional"),
         ("sd", {"options": {"block": "up1", "ensemble": 0}}, r"tiny_sd\.options: ensemble must be an integer >= 1"),
         ("dit", {"image_size": 36, "patch": 8}, r"encoders\.tiny_dit\.image_size: 36 px must be a multiple of 8"),
+        ("sd", {"options": {"block": "up1", "skip": ["text_encoder"]}}, r"tiny_sd\.options: the pipeline's text_enc"),
         ("sd", {"weights": "no/such/folder"}, r"encoders\.tiny_sd\.weights: path 'no/such/folder' does not exist"),
     ],
 )

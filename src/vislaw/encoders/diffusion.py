@@ -220,6 +220,9 @@ def _conditioning(spec: EncoderSpec, pipe: Any) -> tuple[dict[str, torch.Tensor]
     prompt = str(spec.options.get("prompt", ""))
     key = spec.key("options")
     components = pipe.components
+    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):  # T5 (text_encoder_3) may be left out
+        if name in components and components[name] is None:
+            raise EncoderConfigError(f"{key}: the pipeline's {name} is not loaded, and the prompt's embedding needs it")
     if "unet" in components and components.get("text_encoder_2") is not None:  # SDXL
         embeds, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
@@ -231,7 +234,7 @@ def _conditioning(spec: EncoderSpec, pipe: Any) -> tuple[dict[str, torch.Tensor]
     if "unet" in components and components.get("text_encoder") is not None:  # SD 1.x / 2.x
         embeds = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
         return {"encoder_hidden_states": embeds}, ()
-    if "unet" in components and "image_encoder" in components:  # SD image variations
+    if "unet" in components and "text_encoder" not in components:  # SD image variations: no text tower at all
         if prompt:
             raise EncoderConfigError(f"{key}: an image-variations model takes no text prompt, only the empty one")
         width = int(pipe.unet.config.cross_attention_dim)
