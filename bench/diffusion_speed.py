@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract_speed import _sync, write_images  # noqa: E402
 
 from vislaw.encoders import named_spec  # noqa: E402
-from vislaw.encoders.diffusion import DiffusersEncoder, _noise_scale  # noqa: E402
+from vislaw.encoders.diffusion import DiffusersEncoder  # noqa: E402
 from vislaw.features import extract_to_h5  # noqa: E402
 
 SD_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -87,7 +87,7 @@ def build(case: str) -> tuple[str, DiffusersEncoder]:
     else:
         raise SystemExit(f"unknown case {case!r} (sd15, sdxl, dit, sd3)")
     vae.decoder = None  # as the builder does: only the encoder half is used
-    encoder = DiffusersEncoder(spec, vae, denoiser, conditioning, _noise_scale(spec, schedule, 1), added).eval()
+    encoder = DiffusersEncoder(spec, vae, denoiser, conditioning, schedule, added).eval()
     return f"{case} @{spec.image_size} ({spec.options['block']}, {spec.grid[0]}x{spec.grid[1]} tokens)", encoder
 
 

@@ -272,7 +272,7 @@ def test_paper_specs_fit_their_models_block_structure(name: str, down: tuple[str
     else:
         denoiser = diffusers.DiTTransformer2DModel(num_attention_heads=1, attention_head_dim=8, in_channels=4,
                                                    num_layers=1, patch_size=2, sample_size=8)
-    encoder = DiffusersEncoder(spec, vae, denoiser, {}, (1.0, 0.0))
+    encoder = DiffusersEncoder(spec, vae, denoiser, {}, {"_class_name": "DDPMScheduler"})
     assert encoder.grid == grid and encoder.noise.shape[-1] == spec.image_size // 8
 
 

@@ -77,26 +77,14 @@ _SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scal
 _TOKENS = 16
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, which CLIP's BPE vocabulary is written in."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = keep[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in keep:
-            keep.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(keep, map(chr, chars), strict=True))
-
-
 def save_clip_tokenizer(path: Path) -> None:
     """A CLIP tokenizer with a byte-level vocabulary and no merges (every character one token)."""
     import json
 
     from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> character table
 
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = {token: index for index, token in enumerate([*chars, *(c + "</w>" for c in chars),
                                                          "<|startoftext|>", "<|endoftext|>"])}
     path.mkdir(parents=True, exist_ok=True)

@@ -59,15 +59,14 @@ class DiffusersEncoder(Encoder):
     """A diffusion model's denoiser read at one block, DIFT-style (see the module docstring).
 
     ``conditioning``: the denoiser's tensor arguments for the empty prompt, each with batch size 1; those
-    named in ``added`` go into a U-Net's ``added_cond_kwargs`` (SDXL). ``noise_scale``: (x0 scale, noise
-    scale) at the timestep.
+    named in ``added`` go into a U-Net's ``added_cond_kwargs`` (SDXL). ``schedule``: the pipeline's scheduler
+    config, which says how the denoiser was trained to see noise.
     """
 
     def __init__(self, spec: EncoderSpec, vae: nn.Module, denoiser: nn.Module,
-                 conditioning: Mapping[str, torch.Tensor], noise_scale: tuple[float, float],
+                 conditioning: Mapping[str, torch.Tensor], schedule: Mapping[str, Any],
                  added: tuple[str, ...] = ()) -> None:
         super().__init__(spec)
-        require_stats(spec)
         options = spec.options
         self.vae = vae
         self.denoiser = denoiser
@@ -75,7 +74,7 @@ class DiffusersEncoder(Encoder):
         self.block = str(options.get("block", ""))
         self.timestep = int_option(spec, "timestep", 1, low=0)
         self.ensemble = int_option(spec, "ensemble", 1, low=1)
-        self.signal_scale, self.noise_scale = noise_scale
+        self.signal_scale, self.noise_scale = _noise_scale(spec, schedule, self.timestep)
         self.is_unet = hasattr(denoiser, "up_blocks")
         self.merge = self.block == "last_merge2x2"
         self._target_module()  # checks options.block; looked up again per pass (not registered twice)
@@ -281,11 +280,10 @@ def build_diffusers(spec: EncoderSpec) -> DiffusersEncoder:
         raise EncoderConfigError(
             f"{spec.key('weights')}: cannot load a diffusers pipeline from {source!r}: {err}"
         ) from err
-    timestep = int_option(spec, "timestep", 1, low=0)
     with torch.no_grad():
         conditioning, added = _conditioning(spec, pipe)
     denoiser = pipe.unet if "unet" in pipe.components else pipe.transformer
-    noise_scale = _noise_scale(spec, dict(pipe.scheduler.config), timestep)
     # Only the VAE's encoder half is used; the decoder and the text encoders are freed with the pipeline.
     pipe.vae.decoder = None
-    return DiffusersEncoder(spec, pipe.vae, denoiser, conditioning, noise_scale, added).eval()
+    schedule = dict(pipe.scheduler.config)
+    return DiffusersEncoder(spec, pipe.vae, denoiser, conditioning, schedule, added).eval()
