@@ -216,13 +216,16 @@ def _noise_scale(spec: EncoderSpec, scheduler_config: Mapping[str, Any], timeste
 def _conditioning(spec: EncoderSpec, pipe: Any) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """The denoiser's tensor arguments for the spec's prompt (batch 1), by pipeline family, and the names
     among them that a U-Net takes in ``added_cond_kwargs``."""
-    prompt = str(spec.options.get("prompt", ""))
+    prompt = spec.options.get("prompt", "")  # a string: check_diffusers_options
     key = spec.key("options")
     components = pipe.components
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):  # T5 (text_encoder_3) may be left out
+    # Below, a text tower the pipeline has is loaded; T5 (SD3's text_encoder_3) alone may be left out.
+    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
         if name in components and components[name] is None:
-            raise EncoderConfigError(f"{key}: the pipeline's {name} is not loaded, and the prompt's embedding needs it")
-    if "unet" in components and components.get("text_encoder_2") is not None:  # SDXL
+            raise EncoderConfigError(
+                f"{key}: the pipeline's {name} is not loaded, and the prompt's embedding needs it"
+            )
+    if "unet" in components and "text_encoder_2" in components:  # SDXL
         embeds, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
         side = float(spec.image_size)
@@ -230,7 +233,7 @@ def _conditioning(spec: EncoderSpec, pipe: Any) -> tuple[dict[str, torch.Tensor]
         time_ids = torch.tensor([[side, side, 0.0, 0.0, side, side]])
         added = ("text_embeds", "time_ids")
         return {"encoder_hidden_states": embeds, "text_embeds": pooled, "time_ids": time_ids}, added
-    if "unet" in components and components.get("text_encoder") is not None:  # SD 1.x / 2.x
+    if "unet" in components and "text_encoder" in components:  # SD 1.x / 2.x
         embeds = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
         return {"encoder_hidden_states": embeds}, ()
     if "unet" in components and "text_encoder" not in components:  # SD image variations: no text tower at all
@@ -238,7 +241,7 @@ def _conditioning(spec: EncoderSpec, pipe: Any) -> tuple[dict[str, torch.Tensor]
             raise EncoderConfigError(f"{key}: an image-variations model takes no text prompt, only the empty one")
         width = int(pipe.unet.config.cross_attention_dim)
         return {"encoder_hidden_states": torch.zeros(1, 1, width)}, ()
-    if "transformer" in components and components.get("text_encoder") is not None:  # SD3 (MMDiT)
+    if "transformer" in components and "text_encoder" in components:  # SD3 (MMDiT)
         embeds, _, pooled, _ = pipe.encode_prompt(prompt, prompt, prompt, device="cpu", num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}, ()
