@@ -7,9 +7,10 @@ random weights: the time does not depend on them), a batch of 32 sequences of 80
 tokens, text; right padding of 0-9 positions) with the loss on the last 40, gradients to the input embeddings
 as the projector needs them. Prints the step time (min and median of ``--repeats`` timings of ``--steps``
 steps), the GFLOP/s of the step's matrix products and of lone products of the same shapes, and with
-``--profile`` the operators by self time.
+``--profile`` the operators by self time. ``--precision bf16`` runs the step under bf16 autocast, as the
+default's stage 2 does (``precision: auto``) on a CPU with AVX512-BF16 or AMX.
 
-    python bench/stage2_step.py [--threads 1] [--steps 20] [--repeats 5] [--profile]
+    python bench/stage2_step.py [--threads 1] [--steps 20] [--repeats 5] [--precision fp32|bf16] [--profile]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,8 +70,9 @@ def main() -> None:
         attention[row, POSITIONS - row % 10 :] = 0
 
     def step() -> None:
-        out = model(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=KEPT)
-        loss = F.cross_entropy(out.logits.flatten(0, 1), labels.flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            out = model(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=KEPT)
+            loss = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten())
         model.zero_grad(set_to_none=True)
         embeds.grad = None
         loss.backward()
@@ -82,18 +85,20 @@ def main() -> None:
         for _ in range(args.steps):
             step()
         timings.append((time.perf_counter() - start) / args.steps * 1e3)
-    print(f"stage-2 step, {args.threads} thread(s): min {min(timings):.1f} ms, median "
+    print(f"stage-2 step, {args.threads} thread(s), {args.precision}: min {min(timings):.1f} ms, median "
           f"{statistics.median(timings):.1f} ms ({BATCH} x {POSITIONS} positions, {KEPT} scored)")
     print(f"step's matrix products: {step_matmul_flops() / 1e9:.2f} GFLOP "
           f"(= {step_matmul_flops() / min(timings) / 1e6:.0f} GFLOP/s if they were the whole step)")
     cpu = torch.device("cpu")
-    print(f"lone product (1024, 1024) x (1024, 1024): {matmul_rate(cpu, 1024, torch.float32) / 1e9:.0f} GFLOP/s")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+    print(f"lone {args.precision} product (1024, 1024) x (1024, 1024): {matmul_rate(cpu, 1024, dtype) / 1e9:.0f} "
+          "GFLOP/s")
     width, inner = LM["hidden_size"], LM["intermediate_size"]
     for rows, k, cols in [(BATCH * POSITIONS, width, width), (BATCH * POSITIONS, width, inner),
                           (BATCH * POSITIONS, inner, width)]:
-        a, b = torch.randn(rows, k), torch.randn(k, cols)
+        a, b = torch.randn(rows, k, dtype=dtype), torch.randn(k, cols, dtype=dtype)
         rate = 2 * rows * k * cols / seconds_per_call(lambda a=a, b=b: a @ b, cpu, warmup=3, iters=50, repeats=1)
-        print(f"lone product ({rows}, {k}) x ({k}, {cols}): {rate / 1e9:.0f} GFLOP/s")
+        print(f"lone {args.precision} product ({rows}, {k}) x ({k}, {cols}): {rate / 1e9:.0f} GFLOP/s")
     if args.profile:
         from torch.profiler import profile
 

@@ -59,6 +59,20 @@ def test_stage1_lowers_the_caption_loss_for_every_encoder(smoke_run: Path) -> No
         assert last < 0.98 * first, (projector.stem, first, last)  # smoke: 24 steps, 2-10 % lower
 
 
+def test_trainings_record_the_precision_that_ran(smoke_run: Path) -> None:
+    import torch
+
+    from vislaw.train import resolve_precision
+
+    ran = resolve_precision("auto", torch.device("cpu"))  # the preset's precision: auto, on this CPU
+    out = smoke_run / OUT
+    stage1 = [torch.load(p, map_location="cpu", weights_only=True)["record"] for p in (out / "projectors").glob("*.pt")]
+    stage2 = [torch.load(p / "projector.pt", map_location="cpu", weights_only=True)["record"]
+              for p in (out / "mllm").iterdir()]
+    assert len(stage1) == 4 and len(stage2) == 2
+    assert [r["config"]["precision"] for r in stage1 + stage2] == [ran] * 6
+
+
 def test_scores_carry_their_protocols(smoke_run: Path) -> None:
     out = smoke_run / OUT
     ac = pd.read_csv(out / "scores/ac.csv").set_index("setting")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vislaw.llm import PretrainConfig, TinyLlamaConfig, load_llm, pretrain_llm, train_tokenizer
-from vislaw.train import (Projector, TextPart, TrainConfig, caption_loglik, generate_answers, score_options,
-                          tokenize_parts, tokenize_turns, train_mllm, train_projector)
+from vislaw.train import (Projector, TextPart, TrainConfig, caption_loglik, generate_answers, resolve_precision,
+                          score_options, tokenize_parts, tokenize_turns, train_mllm, train_projector)
 
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "triangle"]
@@ -69,6 +69,41 @@ def test_stage1_lowers_the_caption_loss_and_is_reproducible(tiny_llm: Path) -> N
     assert all(not p.requires_grad for p in llm.parameters())  # the LM stayed frozen
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_runs_the_lms_products_in_the_configured_precision(tiny_llm: Path, precision: str) -> None:
+    llm, tokenizer = load_llm(tiny_llm)
+    features, captions, _ = features_and_captions(32)
+    seen: list[torch.dtype] = []
+    hook = llm.model.layers[0].mlp["up_proj"].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        projector, losses = train_projector(llm, tokenizer, features, captions,
+                                            TrainConfig(epochs=1, batch_size=16, lr=3e-3, precision=precision),
+                                            log=io.StringIO())
+        assert len(seen) == len(losses) == 2 and set(seen) == {DTYPES[precision]}
+        seen.clear()
+        caption_loglik(llm, projector, tokenizer, features[:4], captions[:4])
+        assert seen == [torch.float32]  # scoring (the A score, evaluation) stays in fp32 whatever training used
+    finally:
+        hook.remove()
+    assert all(p.dtype == torch.float32 for p in projector.parameters())
+    with pytest.raises(ValueError, match="precision: 'half' is not one of"):
+        train_projector(llm, tokenizer, features, captions, TrainConfig(precision="half"), log=io.StringIO())
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    for avx512_bf16, amx, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value)
+        assert resolve_precision("auto", cpu) == expected, (avx512_bf16, amx)
+    with pytest.raises(ValueError, match=r"stage2\.precision: 'fp16' is not one of fp32, bf16, auto"):
+        resolve_precision("fp16", cpu, "stage2.precision")
+
+
 def test_caption_loglik_equals_a_manual_loop_over_tokens(tiny_llm: Path) -> None:
     llm, tokenizer = load_llm(tiny_llm)
     features, captions, _ = features_and_captions(3, seed=5)
@@ -91,19 +126,22 @@ def test_caption_loglik_equals_a_manual_loop_over_tokens(tiny_llm: Path) -> None
     assert (batched < 0).all()
 
 
-def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path, precision: str) -> None:
     llm, tokenizer = load_llm(tiny_llm)
     features, _, colours = features_and_captions(160, seed=2)
     question = "what colour is the circle?"
     conversations = [[(question, COLOURS[c])] for c in colours]
     projector, _ = train_projector(llm, tokenizer, features, [f"a {COLOURS[c]} circle." for c in colours],
-                                   TrainConfig(epochs=3, batch_size=16, lr=3e-3), log=io.StringIO())
+                                   TrainConfig(epochs=3, batch_size=16, lr=3e-3, precision=precision),
+                                   log=io.StringIO())
     losses = train_mllm(llm, projector, tokenizer, features[:128], conversations[:128],
-                        TrainConfig(epochs=10, batch_size=16, lr=3e-3), log=io.StringIO())
+                        TrainConfig(epochs=10, batch_size=16, lr=3e-3, precision=precision), log=io.StringIO())
     assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in [*llm.parameters(), *projector.parameters()])
     scores = score_options(llm, projector, tokenizer, features[128:], [question] * 32, [COLOURS] * 32)
     accuracy = sum(max(range(4), key=s.__getitem__) == c for s, c in zip(scores, colours[128:])) / 32
-    print(f"stage-2 accuracy {accuracy:.3f}")
+    print(f"stage-2 accuracy ({precision}) {accuracy:.3f}")
     assert accuracy > 0.5, accuracy  # chance is 0.25
     assert all(len(s) == 4 and all(math.isfinite(v) for v in s) for s in scores)
 

@@ -147,6 +147,16 @@ def run_external(command: str, log_path: str | None = None) -> None:
 
 
 @gpu_job
+def _resolved(config: Any, llm: torch.nn.Module, section: str) -> Any:
+    """``config`` with its precision resolved for the LM's device, so the record says what ran."""
+    from dataclasses import replace
+
+    from vislaw.train import resolve_precision
+
+    device = next(llm.parameters()).device
+    return replace(config, precision=resolve_precision(config.precision, device, f"{section}.precision"))
+
+
 def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
                     settings: Mapping[str, Any], out_pt: str) -> None:
     """Rule train_projector: the stage-1 projector of one encoder (built in, or an external command)."""
@@ -187,8 +197,8 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
                                              llm.get_input_embeddings().embedding_dim)
         record.update({"mode": "external", "command": line, "loss": []})
     else:
-        config = TrainConfig(**{k: v for k, v in settings.items()
-                                if k not in ("command", "pool", "pool_grid", "projector")})
+        config = _resolved(TrainConfig(**{k: v for k, v in settings.items()
+                                          if k not in ("command", "pool", "pool_grid", "projector")}), llm, "stage1")
         pool = pool_stride(features.shape[1], settings.get("pool_grid")) if settings.get("pool_grid") \
             else int(settings.get("pool", 1))
         kind = settings.get("projector", "mlp2x_gelu")
@@ -283,7 +293,7 @@ def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_p
     llm, tokenizer = load_llm(llm_dir, key="llm.weights")
     projector, _ = load_projector(projector_pt)
     features = _cached_tokens(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records])
-    config = TrainConfig(**{k: v for k, v in settings.items() if k != "command"})
+    config = _resolved(TrainConfig(**{k: v for k, v in settings.items() if k != "command"}), llm, "stage2")
     losses = fit(llm, projector, tokenizer, features, [_qa_turns(r) for r in records], config)
     print(f"stage 2: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
     save_mllm(out_dir, llm, tokenizer, projector,

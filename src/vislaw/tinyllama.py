@@ -102,10 +102,18 @@ class Attention(nn.Module):
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # One dtype for q, k and v (under autocast the rotary factors promote q and k to fp32, v stays bf16): the
+        # projections' own elsewhere, fp32 on a CPU, whose flash attention runs its bf16 backward 4.7x slower than
+        # its fp32 one (bench/MLLM_NOTES.md, session 18).
+        dtype = v.dtype
+        work = torch.float32 if q.device.type == "cpu" else dtype
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        with torch.autocast(q.device.type, enabled=False):
+            if mask is None:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.to(dtype)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, width))
 
 

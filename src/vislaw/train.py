@@ -91,6 +91,31 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     group_by_length: int = 0  # > 1: batches of similar length, sorted within runs of this many batches
+    precision: str = "fp32"  # the forward pass's matrix products: fp32, bf16 (autocast) or auto (PRECISIONS)
+
+
+# auto: bf16 where the device multiplies bf16 in hardware. Without it a CPU emulates bf16 products, 2.5-25x slower
+# than fp32 (bench/MLLM_NOTES.md, session 18), so auto keeps those in fp32.
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA device that supports bf16, or a CPU
+    with AVX512-BF16 or AMX (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device, key: str = "precision") -> str:
+    """``fp32`` or ``bf16``: ``auto`` resolved for ``device``; an unknown value is an error naming ``key``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{key}: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 @dataclass(frozen=True)
@@ -232,6 +257,10 @@ def _fit(
     lengths: Sequence[int] | None = None,
 ) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
+    device = parameters[0].device
+    # Autocast as LLaVA's --bf16: products in bf16, parameters, optimizer state and the loss in fp32.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=resolve_precision(config.precision, device) == "bf16")
     total = _steps(n, config)
     warmup = max(1, round(config.warmup_ratio * total))
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -239,7 +268,8 @@ def _fit(
     losses = []
     batches = _batches(n, config.batch_size, config.epochs, generator, lengths, config.group_by_length)
     for step, index in enumerate(batches):
-        loss = loss_of_batch(index)
+        with autocast:
+            loss = loss_of_batch(index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
