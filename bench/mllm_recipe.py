@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--norm", action="store_true", help="LayerNorm before the projector (ln_mlp2x_gelu)")
     parser.add_argument("--stage2-group", type=int, help="stage-2 group_by_length (default: --group)")
     parser.add_argument("--instruct", type=Path, help="stage-2 conversations (default: the run's)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                        help="stage 1 and 2 (the default run's auto; sessions before 18 ran fp32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results, data = args.results, args.results / "data"
@@ -63,7 +65,8 @@ def main() -> None:
     projector, losses = train_projector(
         llm, tokenizer, cached(results, args.encoder, "caption_train", [r["image"] for r in captions]),
         [r["caption"] for r in captions],
-        TrainConfig(epochs=args.stage1_epochs, lr=args.stage1_lr, group_by_length=args.group), quiet,
+        TrainConfig(epochs=args.stage1_epochs, lr=args.stage1_lr, group_by_length=args.group,
+                    precision=args.precision), quiet,
         pool=args.pool, norm=args.norm)
     probe = caption_records(data, "probe")
     x = cached(results, args.encoder, "caption_probe", [r["image"] for r in probe])
@@ -81,7 +84,7 @@ def main() -> None:
                                                          [r["image"] for r in records]),
                         [jobs._qa_turns(r) for r in records],
                         TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, seed=args.seed,
-                                    batch_size=args.stage2_batch,
+                                    batch_size=args.stage2_batch, precision=args.precision,
                                     group_by_length=args.group if args.stage2_group is None else args.stage2_group),
                         quiet)
     print(f"stage 2: {len(losses)} steps in {time.time() - start:.0f} s, loss {np.mean(losses[:5]):.3f} -> "
