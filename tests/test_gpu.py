@@ -271,3 +271,27 @@ def test_snakemake_gpu_jobs_get_distinct_devices(tmp_path: Path, job_env: dict[s
     assert devices == ["0", "1", "2", "3"]
     assert sorted(p.read_text() for p in (tmp_path / "slots").glob("*.txt")) == devices
     assert len(list((tmp_path / ".snakemake" / "gpu-slots").glob("*.lock"))) == 4
+
+
+def test_every_gpu_rules_job_holds_a_slot() -> None:
+    """A rule with ``gpu=1`` runs a ``vislaw.jobs`` function through its adapter; that function must be a
+    ``gpu_job``, or parallel jobs all land on GPU 0."""
+    import re
+
+    from vislaw import jobs
+
+    from .conftest import REPO
+
+    rules = re.split(r"^rule ", "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk"))),
+                     flags=re.M)[1:]
+    checked = []
+    for rule in rules:
+        if not re.search(r"^\s+gpu=1,", rule, flags=re.M):
+            continue
+        script = re.search(r"^\s+script:\s*\n\s+\"([^\"]+)\"", rule, flags=re.M)
+        assert script, rule.split(":")[0]
+        adapter = (REPO / "rules" / script.group(1)).resolve().read_text()
+        name = re.search(r"^from vislaw\.jobs import (\w+)", adapter, flags=re.M).group(1)
+        assert hasattr(getattr(jobs, name), "__wrapped__"), f"vislaw.jobs.{name} (rule {rule.split(':')[0]})"
+        checked.append(name)
+    assert len(checked) == 8, checked

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_file
 from vislaw.gpu import gpu_job
 from vislaw.io import write_json
 from vislaw.scores.correspondence import CorrespondenceProtocol, score_spair
+
+if TYPE_CHECKING:
+    from vislaw.train import TrainConfig
 
 
 def device_for_job() -> torch.device:
@@ -146,8 +149,7 @@ def run_external(command: str, log_path: str | None = None) -> None:
                            f"{proc.stderr[-2000:]}")
 
 
-@gpu_job
-def _resolved(config: Any, llm: torch.nn.Module, section: str) -> Any:
+def _resolved(config: TrainConfig, llm: torch.nn.Module, section: str) -> TrainConfig:
     """``config`` with its precision resolved for the LM's device, so the record says what ran."""
     from dataclasses import replace
 
@@ -157,6 +159,7 @@ def _resolved(config: Any, llm: torch.nn.Module, section: str) -> Any:
     return replace(config, precision=resolve_precision(config.precision, device, f"{section}.precision"))
 
 
+@gpu_job
 def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
                     settings: Mapping[str, Any], out_pt: str) -> None:
     """Rule train_projector: the stage-1 projector of one encoder (built in, or an external command)."""
