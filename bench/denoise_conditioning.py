@@ -1,4 +1,4 @@
-"""Does conditioning the mini zoo's denoising U-Net on captions make its features semantic? (issue 6)
+"""Does conditioning the mini zoo's denoising U-Net on captions or images make its features semantic? (issue 6)
 
 Stable Diffusion's U-Net features name what they show because training conditions the U-Net on captions by
 cross-attention to a frozen pretrained text encoder: to use the word "star", the features where the star lies
@@ -9,15 +9,18 @@ from the plain U-Net) to the token states of a frozen contrastive checkpoint's c
 tower's analogue). Each image's caption lists what is in it ("a small pink cross, a medium blue triangle";
 ``--where``: the world's full caption, positions included); a fraction ``--drop`` of captions is replaced by
 the empty prompt, and features are read with the empty prompt, as DIFT reads Stable Diffusion's. ``--plain``
-trains the same U-Net without the conditioning (the control).
+trains the same U-Net without the conditioning (the control). ``--image`` conditions instead on one token: the
+frozen contrastive checkpoint's image embedding of the clean image (Stable Diffusion Image Variations, the
+paper's SDim, attends to CLIP's image embedding in place of the caption); its features are read with the
+image's own embedding, and dropped conditions are a zero embedding.
 
 Prints the final denoising loss and, for the stride-16 (``mid16``) and stride-8 (``up8``) layers, linear
 probes of place, colour and category at each object's cell of the 2 x 2-pooled grid
 (`object_probe.place_table`), from those layers' caches, written to ``--out``
 (``features/<name>_<layer>/<set>.h5``, ``data`` and ``llm`` linked to the run's) for ``bench/mllm_recipe.py
---results OUT``. Figures: bench/MLLM_NOTES.md, session 13.
+--results OUT``. Figures: bench/MLLM_NOTES.md, sessions 13 (captions) and 19 (images).
 
-    PYTHONPATH=src python bench/denoise_conditioning.py --results results/default [--plain] [--out DIR]
+    PYTHONPATH=src python bench/denoise_conditioning.py --results results/default [--plain | --image] [--out DIR]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from object_probe import place_table  # noqa: E402
 
 from vislaw.data.datasets import image_set  # noqa: E402
 from vislaw.zoo.arch import MiniUNet  # noqa: E402
-from vislaw.zoo.data import load_caption_set  # noqa: E402
+from vislaw.zoo.data import load_caption_set, to_unit  # noqa: E402
 from vislaw.zoo.objectives import Denoise, normalise  # noqa: E402
 from vislaw.zoo.settings import training_config  # noqa: E402
 from vislaw.zoo.text import CaptionEncoder, encode_captions  # noqa: E402
@@ -123,8 +126,28 @@ def token_states(zoo: Path, captions: list[str]) -> tuple[torch.Tensor, torch.Te
     return states, pad, dim
 
 
+def image_embedder(zoo: Path):
+    """The frozen contrastive checkpoint ``zoo``'s image embedding (its image_proj of the pooled tokens) as a
+    function of normalised pixels -> (B, 1, D) token states; and D."""
+    from vislaw.zoo.objectives import split_tokens
+    from vislaw.zoo.train import load_backbone
+
+    backbone, record = load_backbone(zoo)
+    backbone.eval()
+    heads = torch.load(zoo / "heads.pt", weights_only=True)
+    weight, bias = heads["image_proj.weight"], heads["image_proj.bias"]
+    pool = str(record["config"]["pool"])
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pooled, _ = split_tokens(backbone, backbone.forward_tokens(x), pool)
+            return (pooled @ weight.T + bias)[:, None, :]
+
+    return embed, int(weight.shape[0])
+
+
 def write_caches(out: Path, results: Path, unet: CaptionedUNet, empty: tuple[torch.Tensor, torch.Tensor],
-                 conditioned: bool, name: str) -> None:
+                 conditioned: bool, name: str, embed=None) -> None:
     """``features/<name>_<layer>/<set>.h5`` (image_ids, tokens) of the stride-8 grid, as the run's caches."""
     from PIL import Image
 
@@ -140,7 +163,11 @@ def write_caches(out: Path, results: Path, unet: CaptionedUNet, empty: tuple[tor
             chunk = images.paths[start : start + 100]
             pixels = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in chunk])
             x = normalise(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255)
-            unet.context = (empty[0].expand(len(x), -1, -1), empty[1].expand(len(x), -1)) if conditioned else None
+            if embed is not None:  # the image's own embedding, as SDim's features are read
+                unet.context = (embed(x), torch.zeros(len(x), 1, dtype=torch.bool))
+            else:
+                unet.context = ((empty[0].expand(len(x), -1, -1), empty[1].expand(len(x), -1)) if conditioned
+                                else None)
             with torch.no_grad():
                 maps = unet.features(x, indices)  # both layers from one pass
             for index, layer in zip(indices, LAYERS, strict=True):
@@ -158,8 +185,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, required=True, help="a finished run, e.g. results/default")
     parser.add_argument("--text-encoder", default="contrastive_96",
-                        help="the contrastive zoo checkpoint whose caption encoder conditions the U-Net")
-    parser.add_argument("--plain", action="store_true", help="no conditioning (the control)")
+                        help="the contrastive zoo checkpoint whose caption encoder (--image: image embedding) "
+                             "conditions the U-Net")
+    arm = parser.add_mutually_exclusive_group()
+    arm.add_argument("--plain", action="store_true", help="no conditioning (the control)")
+    arm.add_argument("--image", action="store_true",
+                        help="condition on the contrastive checkpoint's image embedding (SDim) instead of captions")
     parser.add_argument("--where", action="store_true", help="condition on the full captions, positions included")
     parser.add_argument("--drop", type=float, default=0.1, help="fraction of captions replaced by the empty prompt")
     parser.add_argument("--steps", type=int, default=240)
@@ -173,9 +204,18 @@ def main() -> None:
     settings = training_config("denoise", overrides)
     records = json.loads((args.results / "data" / "captions" / "train.json").read_text())
     data = load_caption_set(args.results / "data", None)
-    captions = list(data.captions) if args.where else [object_list(r) for r in records]
-    states, pad, text_dim = token_states(args.results / "zoo" / args.text_encoder, captions + [""])
-    empty = (states[-1], pad[-1])
+    embed = None
+    if args.image:
+        embed, text_dim = image_embedder(args.results / "zoo" / args.text_encoder)
+        images = data.images
+        states = torch.cat([embed(normalise(to_unit(images[i : i + 200]))) for i in range(0, len(images), 200)])
+        pad = torch.zeros(len(states), 1, dtype=torch.bool)
+        empty = (torch.zeros(1, text_dim), torch.zeros(1, dtype=torch.bool))
+        states, pad = torch.cat([states, empty[0][None]]), torch.cat([pad, empty[1][None]])
+    else:
+        captions = list(data.captions) if args.where else [object_list(r) for r in records]
+        states, pad, text_dim = token_states(args.results / "zoo" / args.text_encoder, captions + [""])
+        empty = (states[-1], pad[-1])
     arch = settings["arch"]
     torch.manual_seed(int(settings["seed"]))
     # the U-Net's own weights are drawn first, so both arms start from the default recipe's initial U-Net
@@ -185,10 +225,10 @@ def main() -> None:
     else:
         model = CaptionedDenoise(unet, data, settings, states[:-1], pad[:-1], empty, args.drop)
     curve = _optimise(model, settings)
-    name = "plain" if args.plain else "captioned"
+    name = "plain" if args.plain else "imaged" if args.image else "captioned"
     print(f"{name}: denoising loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f} in {args.steps} steps", flush=True)
     out = args.out or Path(tempfile.mkdtemp(prefix=f"denoise_conditioning_{name}_"))
-    write_caches(out, args.results, unet, empty, not args.plain, name)
+    write_caches(out, args.results, unet, empty, not args.plain, name, embed if not args.plain else None)
     side_px = float(json.loads((args.results / "data" / "manifest.json").read_text())["params"]["image_size"])
     place_table(out, records, side_px)
 
