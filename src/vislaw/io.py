@@ -2,6 +2,9 @@
 
 An interrupted job therefore leaves either the old file or none, never a truncated one, and a rerun starts
 cleanly (Snakemake also deletes outputs of failed jobs, but a killed process gets no chance to clean up).
+The temporary files and folders are created owner-only (``mkstemp``, ``mkdtemp``); before the rename they get
+the mode a plain ``open`` or ``mkdir`` would have given them under the process's umask, so results stay
+readable to the group and others as the user's umask allows (a shared cluster folder, a report server).
 """
 
 from __future__ import annotations
@@ -19,6 +22,22 @@ if TYPE_CHECKING:  # only the annotation: pandas costs every job 0.17 s to impor
     import pandas as pd
 
 
+def _umask() -> int:
+    """The process's umask: from /proc where Linux shows it (reading it with os.umask means setting it, which
+    another thread creating a file at that moment would see)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: Path, mode: int) -> None:
+    """Give ``path`` the ``mode`` (0o666 files, 0o777 folders) less the umask, as open/mkdir would."""
+    os.chmod(path, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
@@ -33,6 +52,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # a writer may have replaced the file: it then has its own mode already
+            _public(tmp, 0o666)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -66,6 +87,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        _public(tmp, 0o777)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
             os.replace(final, old / final.name)
