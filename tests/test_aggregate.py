@@ -98,3 +98,22 @@ def test_policy_report_recommends_the_best_mean_normalised_score(tmp_path, train
     assert report["recommended"] == "enc_c" and report["trainings"] == 3
     assert ("shadow" in report) == train_all
     assert set(pd.read_csv(rounds_csv)["setting"]) == set(SETTINGS)
+
+
+def test_policy_report_has_no_predicted_top_k_with_fewer_than_two_trainings(tmp_path) -> None:
+    # One training fits nothing, so a predicted top-k would only be config order: it is reported as None.
+    ac_csv = tmp_path / "ac.csv"
+    ac_table(SETTINGS, _score_files(tmp_path), str(ac_csv))
+    settings = {"budget": 1, "initial": 1, "per_round": 1, "top_k": 2, "seed": 0, "train_all": True}
+    report_json = tmp_path / "recommendation.json"
+    policy_report(str(ac_csv), [], _eval_files(tmp_path, SETTINGS), settings, str(tmp_path / "r.csv"), str(report_json))
+    report = json.loads(report_json.read_text())
+    assert report["shadow"]["trainings"] == 1
+    assert report["shadow"]["predicted_top_k"] is None and report["shadow"]["true_best_in_top_k"] is None
+    assert len(report["predicted_top_k"]) == 2  # the fit on all three trained
+    # the live run itself trained only one: its own fit has no top-k either
+    settings["train_all"] = False
+    policy_report(str(ac_csv), [], _eval_files(tmp_path, ["enc_b"]), settings, str(tmp_path / "r.csv"),
+                  str(report_json))
+    report = json.loads(report_json.read_text())
+    assert report["trained"] == ["enc_b"] and report["predicted_top_k"] is None

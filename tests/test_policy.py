@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vislaw.law import FEATURE_SETS, design_matrix
-from vislaw.measurements import load_measurements
+from vislaw.measurements import Measurements, load_measurements
 from vislaw.policy import (
     grid_cells,
     grid_sampling_order,
@@ -16,6 +16,7 @@ from vislaw.policy import (
     top_k,
     trainings_needed,
 )
+from vislaw.report import build_summary
 
 from .conftest import REPO
 
@@ -82,16 +83,31 @@ def test_trainings_needed_by_hand() -> None:
     # y is an exact quadratic of the points: once six well-spread candidates are trained the fit is exact.
     points = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5], [0.2, 0.7], [0.6, 0.1],
                        [0.9, 0.6]])
-    y = 1 + points[:, 0] + 2 * points[:, 1] - points[:, 0] * points[:, 1]  # best: index 2 (0, 1) -> 3.0
-    assert int(np.argmax(y)) == 2
+    # best: index 2 (0, 1) -> 3.0, unique ((1, 1) -> 2.0; with -AC instead of -2AC it would tie at 3.0)
+    y = 1 + points[:, 0] + 2 * points[:, 1] - 2 * points[:, 0] * points[:, 1]
+    assert int(np.argmax(y)) == 2 and np.sum(y == y.max()) == 1
     assert trainings_needed(points, y, [2, 0, 1, 3, 4, 5, 6, 7]) == {1: 1.0, 3: 1.0}
-    # best trained second: with two points the fit interpolates them, so the best is predicted top-1
-    assert trainings_needed(points, y, [0, 2, 1, 3, 4, 5, 6, 7], ks=(1,)) == {1: 2.0}
-    # a spike at the centre that the fits to the other (zero-valued) candidates cannot see: the best is
-    # predicted top-1 only once it is trained itself, last
+    # Best trained second: trained (0, 0) -> 0 and (0, 1) -> 1 (normalised). Both have A = 0, so the
+    # min-norm fit is f = (C + C^2) / 2, which predicts (1, 1) at 1.0 too: a tie, counted against the best
+    # (rank 1), so top-2 but not top-1. Third, (1, 0) -> 0.5 adds (A + A^2) / 4: (1, 1) at 1.5 is above it.
+    # Fourth, (1, 1) -> 0.5 adds -AC: f = (A + A^2) / 4 + (C + C^2) / 2 - AC, maximal at (0, 1) alone.
+    assert trainings_needed(points, y, [0, 2, 1, 3, 4, 5, 6, 7], ks=(1, 2)) == {1: 4.0, 2: 2.0}
+    # a spike at the centre that the fits to the other (zero-valued) candidates cannot see: until it is
+    # trained, last, every trained score is 0, so every prediction is exactly 0, a tie counted against it
     spike = np.zeros(8)
     spike[4] = 1.0
     assert trainings_needed(points, spike, [0, 1, 2, 3, 5, 6, 7, 4], ks=(1,)) == {1: 8.0}
+
+
+def test_trainings_needed_counts_exact_ties_against_the_best() -> None:
+    # The first three trained tie (0.5 each): the fit is all zeros, every candidate is predicted 0, and
+    # the best (index 0) has pessimistic rank 3, outside the top-3; an index tie-break would put it first.
+    # The fourth training is the best itself: four corners under six terms, the min-norm fit interpolates.
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert trainings_needed(points, np.array([1.0, 0.5, 0.5, 0.5]), [1, 2, 3, 0]) == {1: 4.0, 3: 4.0}
+    # Last trained 0.2 instead: at n = 3 the targets (1, 1, 0) give the min-norm fit 1 at (0, 0), (1, 0)
+    # and (0, 1), and 0 at (1, 1): the best is at worst third, so in the top-3 at n = 3, not at n = 2.
+    assert trainings_needed(points, np.array([1.0, 0.5, 0.5, 0.2]), [1, 2, 3, 0], ks=(3,)) == {3: 3.0}
 
 
 def test_trainings_needed_hand_computed_two_point_case() -> None:
@@ -123,6 +139,23 @@ def test_paper_v3_policy_beats_random_order_at_budget_four() -> None:
     assert list(table["trials"].unique()) == [300]
 
 
+def test_simulate_measurements_gives_every_benchmark_the_same_budgets() -> None:
+    # "full" scores four settings, "short" three: both get budgets 1..4, and the summary table renders.
+    # With three candidates any top-3 holds the best, and random order has trained it by budget 3.
+    m = Measurements(path="m.csv", settings=("p", "q", "r", "s"), c=np.array([0.0, 1.0, 2.0, 3.0]),
+                     a={b: np.array([0.0, 3.0, 1.0, 2.0]) for b in ("full", "short")},
+                     scores={"full": np.array([1.0, 2.0, 3.0, 4.0]), "short": np.array([1.0, 2.0, 3.0, np.nan])},
+                     a_columns={"full": "A", "short": "A"})
+    table = simulate_measurements(m, trials=20, seed=0, max_budget=None)
+    assert table.groupby("benchmark")["budget"].apply(list).to_dict() == {"full": [1, 2, 3, 4],
+                                                                           "short": [1, 2, 3, 4]}
+    short = table[table["benchmark"] == "short"].set_index("budget")
+    assert short.loc[[3, 4], ["recall_at_3", "random_recall_at_3"]].eq(1.0).all().all()
+    text = build_summary("t", "m.csv", {"full": "vision", "short": "vision"}, "AC_poly", ".", simulation=table)
+    short_row = next(line for line in text.splitlines() if line.startswith("| short |"))
+    assert short_row.split(" | ")[-2:] == ["1.000 (1.000)", "1.000 (1.000) |"]  # budgets 3 and 4
+
+
 # --- live use ------------------------------------------------------------------------------------------
 
 from vislaw.policy import LivePolicy, next_round, replay, target_scores  # noqa: E402
@@ -143,12 +176,36 @@ def test_target_scores_average_normalised_benchmarks() -> None:
     assert target_scores(scores, ["x", "y", "z"]) == {"x": 0.5, "y": 0.5, "z": 0.5}
 
 
+def test_target_scores_refuse_missing_or_non_finite_scores() -> None:
+    with pytest.raises(ValueError, match=r"benchmark 'b2': score missing or not finite for setting\(s\) \['y'\]"):
+        target_scores({"b1": {"x": 1.0, "y": 2.0}, "b2": {"x": 1.0, "y": float("nan")}}, ["x", "y"])
+    with pytest.raises(ValueError, match=r"benchmark 'b1': .* \['x', 'z'\]"):
+        target_scores({"b1": {"y": 2.0}, "b2": {"x": 1.0, "y": 0.0, "z": 3.0}}, ["x", "y", "z"])
+
+
 def test_first_round_grid_samples_initial_picks() -> None:
     first = next_round(NAMES, POINTS, {}, 1, live())
     assert len(first.picks) == 3 and len(set(first.picks)) == 3
     quadrants = grid_cells(POINTS[[NAMES.index(p) for p in first.picks]], 1)
     assert len(set(quadrants.tolist())) == 3  # level one: one pick per quadrant
     assert not first.done and first.predictions == {}
+
+
+def test_one_training_continues_the_grid_order() -> None:
+    # One trained setting fits nothing (every prediction would be equal, so a top-k would be config order):
+    # the second round takes the next untrained setting of the first round's grid order, e3 then e1 here.
+    policy = live(budget=3, initial=1, per_round=1, seed=2)
+    order = [NAMES[i] for i in grid_sampling_order(POINTS, np.random.default_rng([2, 0]))]
+    assert order[:2] == ["e3", "e1"]
+    first = next_round(NAMES, POINTS, {}, 1, policy)
+    second = next_round(NAMES, POINTS, {"e3": 0.0}, 2, policy)
+    assert first.picks == ("e3",) and second.picks == ("e1",) and not second.done
+    assert second.predictions == {} and "fewer than two trained" in second.reason
+    # replay follows the same rounds; the round after the budget fits on the two trained
+    rounds = replay(NAMES, POINTS, {"b": {s: float(t) for s, t in zip(NAMES, TRUTH)}}, live(budget=2, initial=1,
+                                                                                          per_round=1, seed=2))
+    assert [r.picks for r in rounds] == [("e3",), ("e1",), ()]
+    assert rounds[1].done and rounds[1].predictions == {} and len(rounds[2].predictions) == len(NAMES)
 
 
 def test_later_rounds_train_the_predicted_top_k_within_budget() -> None:

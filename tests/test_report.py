@@ -29,3 +29,18 @@ def test_binomial_test_against_chance_by_hand() -> None:
                          evaluations=evaluations)
     assert "| good | 75.0 | 1 of 2 | count |" in text
     assert "colour 25.0, count 25.0" in text
+
+
+def test_summary_says_the_predicted_top_k_is_unavailable_with_fewer_than_two_trainings() -> None:
+    ac = pd.DataFrame({"setting": ["a", "b"], "A": [-1.0, -2.0], "C": [0.5, 0.4]})
+    policy = {"train_all": True, "budget": 1, "trainings": 2, "candidates": 2, "recommended": "a",
+              "predicted_top_k": ["a", "b"],
+              "shadow": {"trainings": 1, "predicted_top_k": None, "recommended": "b", "true_best": "a",
+                         "true_best_in_top_k": None}}
+    text = build_summary("t", "m.csv", {"colour": "vision"}, "AC_poly", ".", ac=ac, policy=policy)
+    assert "- predicted top-2 by the AC fit on all trained: a, b" in text
+    assert "1 trainings, predicted top-k not available: fewer than two trainings; recommends **b**" in text
+    assert "in the replay's predicted top-k: **not available**" in text
+    text = build_summary("t", "m.csv", {"colour": "vision"}, "AC_poly", ".", ac=ac,
+                         policy={**policy, "train_all": False, "predicted_top_k": None, "shadow": None})
+    assert "- predicted top-k by the AC fit on all trained: not available: fewer than two trainings" in text

@@ -111,6 +111,14 @@ def evaluation_table(eval_files: Mapping[str, Mapping[str, str]], out_csv: str) 
     write_csv(out_csv, pd.DataFrame(rows, columns=EVALUATION_COLUMNS))
 
 
+def _predicted_top_k(fit: PolicyRound, k: int) -> list[str] | None:
+    """The k settings ``fit`` predicts best; None with fewer than two trained, where nothing is fitted (any
+    ranking would only be config order)."""
+    if len(fit.trained) < 2:
+        return None
+    return sorted(fit.predictions, key=fit.predictions.get, reverse=True)[:k]
+
+
 def policy_report(ac_csv: str, rounds: list[str], eval_files: Mapping[str, Mapping[str, str]],
                   settings: Mapping[str, Any], out_csv: str, out_json: str) -> None:
     """Rule policy_report: ``rounds.csv`` (each round's predictions and picks) and the recommendation.
@@ -135,7 +143,7 @@ def policy_report(ac_csv: str, rounds: list[str], eval_files: Mapping[str, Mappi
         shadow_trained = list(last.trained)
         shadow = {
             "trainings": len(shadow_trained),
-            "predicted_top_k": sorted(last.predictions, key=last.predictions.get, reverse=True)[: policy.top_k],
+            "predicted_top_k": _predicted_top_k(last, policy.top_k),
             "recommended": max(shadow_trained, key=target_scores(scores, shadow_trained).get),
         }
     else:
@@ -147,18 +155,18 @@ def policy_report(ac_csv: str, rounds: list[str], eval_files: Mapping[str, Mappi
                          "predicted": r.predictions.get(s, float("nan")), "reason": r.reason})
     write_csv(out_csv, pd.DataFrame(rows))
     best = max(targets, key=targets.get)
-    ranking = sorted(full.predictions, key=full.predictions.get, reverse=True)
     report = {
         "trained": trained,
         "trainings": len(trained),
         "candidates": len(names),
         "recommended": best,
         "targets": targets,
-        "predicted_top_k": ranking[: policy.top_k],
+        "predicted_top_k": _predicted_top_k(full, policy.top_k),
         "train_all": policy.train_all,
         "budget": policy.budget,
     }
     if shadow is not None:
         # everything was measured: the true best is known, and the shadow run says what the policy would do
-        report["shadow"] = {**shadow, "true_best": best, "true_best_in_top_k": best in shadow["predicted_top_k"]}
+        in_top_k = None if shadow["predicted_top_k"] is None else best in shadow["predicted_top_k"]
+        report["shadow"] = {**shadow, "true_best": best, "true_best_in_top_k": in_top_k}
     write_json(out_json, report)

@@ -74,9 +74,16 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(values, dtype=float), kind="stable")[:k]
 
 
+def pessimistic_rank(values: np.ndarray, index: int) -> int:
+    """0-based rank of ``values[index]`` with every exact tie placed before it."""
+    values = np.asarray(values, dtype=float)
+    return int(np.sum(values > values[index]) + np.sum(values == values[index]) - 1)
+
+
 def trainings_needed(points: np.ndarray, y: np.ndarray, order: Sequence[int], ks: Sequence[int] = (1, 3)) -> dict[int, float]:
     """For each k: the first number of trainings n (following ``order``) whose predicted top-k holds the
-    best candidate (highest ``y``).
+    best candidate (highest ``y``), ranked pessimistically: candidates predicted exactly equal to it count
+    as above it (tied trained scores fit all-zero predictions, and an index tie-break would be luck).
 
     With one trained candidate, success only if it is the best. ``inf`` where no prefix succeeds.
     """
@@ -86,9 +93,9 @@ def trainings_needed(points: np.ndarray, y: np.ndarray, order: Sequence[int], ks
         return {k: 1.0 for k in ks}
     x_all = design_matrix(points[:, 0], points[:, 1], AC_TERMS)
     for n in range(2, len(order) + 1):
-        ranking = top_k(_predict(x_all, y, order[:n]), max(ks))
+        rank = pessimistic_rank(_predict(x_all, y, order[:n]), best)
         for k in ks:
-            if needed[k] == float("inf") and best in ranking[:k]:
+            if needed[k] == float("inf") and rank < k:
                 needed[k] = float(n)
         if all(v < float("inf") for v in needed.values()):
             break
@@ -137,15 +144,17 @@ def normalised_points(a: np.ndarray, c: np.ndarray) -> np.ndarray:
 def simulate_measurements(measurements: Measurements, trials: int, seed: int, max_budget: int | None) -> pd.DataFrame:
     """Recall by budget per benchmark, over the settings scored on it (each is a candidate with a known score).
 
+    Every benchmark gets the same budgets, up to ``max_budget`` (default: the most scored settings of any
+    benchmark), so the tables line up; above a benchmark's own count all its candidates are trained.
     Columns: benchmark, budget, recall_at_1, recall_at_3, random_recall_at_3, trials.
     """
+    most_scored = max(int(measurements.scored(b).sum()) for b in measurements.benchmarks)
+    budgets = range(1, (max_budget or most_scored) + 1)
     frames = []
     for benchmark in measurements.benchmarks:
         scored = measurements.scored(benchmark)
         points = normalised_points(measurements.a[benchmark][scored], measurements.c[scored])
         y = measurements.scores[benchmark][scored]
-        n = len(y)
-        budgets = range(1, min(n, max_budget or n) + 1)
         frame = simulate(points, y, trials, seed, benchmark).recall(budgets)
         frame.insert(0, "benchmark", benchmark)
         frame["trials"] = trials
@@ -192,9 +201,15 @@ class LivePolicy:
 
 def target_scores(scores: dict[str, dict[str, float]], trained: Sequence[str]) -> dict[str, float]:
     """The policy's one target per trained setting: the mean over benchmarks of each benchmark's score
-    min-max normalised over the trained settings (so no benchmark's scale dominates)."""
+    min-max normalised over the trained settings (so no benchmark's scale dominates).
+
+    Raises ValueError naming the benchmark and settings whose score is missing or not finite (one NaN
+    would make the benchmark's span NaN and its scores silently zero)."""
     out = {s: 0.0 for s in trained}
-    for per_setting in scores.values():
+    for benchmark, per_setting in scores.items():
+        unusable = [s for s in trained if not np.isfinite(per_setting.get(s, np.nan))]
+        if unusable:
+            raise ValueError(f"benchmark {benchmark!r}: score missing or not finite for setting(s) {unusable}")
         values = np.array([per_setting[s] for s in trained], dtype=float)
         span = np.ptp(values)
         normalised = (values - values.min()) / span if span > 0 else np.zeros_like(values)
@@ -217,21 +232,25 @@ def next_round(
     if policy.train_all:
         picks = tuple(s for s in settings if s not in targets)
         return PolicyRound(round_number, trained, {}, picks, True, "train_all: every candidate is trained")
-    if not trained:
+    if len(trained) < 2:
+        # nothing to fit yet (one point's predictions are all equal): keep following the first round's grid order
         order = grid_sampling_order(points, np.random.default_rng([policy.seed, 0]))
-        picks = tuple(settings[i] for i in order[: min(policy.initial, budget)])
-        done = len(picks) >= budget
-        return PolicyRound(round_number, trained, {}, picks, done,
-                           "grid sampling over normalised (A, C)" + ("; budget reached" if done else ""))
+        room = budget - len(trained)
+        if room <= 0:
+            return PolicyRound(round_number, trained, {}, (), True, "budget reached")
+        untrained = [settings[i] for i in order if settings[i] not in targets]
+        picks_now = policy.per_round if trained else policy.initial
+        picks = tuple(untrained[: min(picks_now, room)])
+        done = len(trained) + len(picks) >= budget
+        reason = "grid sampling over normalised (A, C)" + (
+            ", continued: fewer than two trained, nothing to fit" if trained else "")
+        return PolicyRound(round_number, trained, {}, picks, done, reason + ("; budget reached" if done else ""))
     index = {s: i for i, s in enumerate(settings)}
     y = np.full(n, np.nan)
     for s in trained:
         y[index[s]] = targets[s]
     trained_index = [index[s] for s in trained]
-    if len(trained) >= 2:
-        predicted = predict_from_trained(points, np.nan_to_num(y), trained_index)
-    else:
-        predicted = np.nan_to_num(y)  # one point: nothing to fit; it is its own prediction
+    predicted = predict_from_trained(points, np.nan_to_num(y), trained_index)
     predictions = {s: float(predicted[index[s]]) for s in settings}
     ranking = [settings[i] for i in top_k(predicted, policy.top_k)]
     room = budget - len(trained)

@@ -83,21 +83,30 @@ def _measured_section(ac: pd.DataFrame, measurements: pd.DataFrame | None, group
         lines += [
             f"- trainings spent: {policy['trainings']} of {policy['candidates']} candidates ({mode})",
             f"- recommended (best mean normalised score among the trained): **{policy['recommended']}**",
-            f"- predicted top-{len(policy['predicted_top_k'])} by the AC fit on all trained: "
-            f"{', '.join(policy['predicted_top_k'])}",
+            f"- predicted top-{_top_k_size(policy['predicted_top_k'])} by the AC fit on all trained: "
+            f"{_top_k_text(policy['predicted_top_k'])}",
         ]
         shadow = policy.get("shadow")
         if shadow:
-            verdict = "yes" if shadow["true_best_in_top_k"] else "no"
+            verdict = {True: "yes", False: "no", None: "not available"}[shadow["true_best_in_top_k"]]
             lines += [
                 f"- replay of the live policy with budget {policy['budget']} on the measured scores: "
-                f"{shadow['trainings']} trainings, predicted top-{len(shadow['predicted_top_k'])} "
-                f"{', '.join(shadow['predicted_top_k'])}; recommends **{shadow['recommended']}**",
+                f"{shadow['trainings']} trainings, predicted top-{_top_k_size(shadow['predicted_top_k'])} "
+                f"{_top_k_text(shadow['predicted_top_k'])}; recommends **{shadow['recommended']}**",
                 f"- truly best setting (all trained): **{shadow['true_best']}**; in the replay's predicted "
-                f"top-{len(shadow['predicted_top_k'])}: **{verdict}**",
+                f"top-{_top_k_size(shadow['predicted_top_k'])}: **{verdict}**",
             ]
         lines.append("")
     return lines
+
+
+def _top_k_size(top_k: Sequence[str] | None) -> str:
+    return "k" if top_k is None else str(len(top_k))
+
+
+def _top_k_text(top_k: Sequence[str] | None) -> str:
+    """The predicted top-k, or why there is none (the report holds None where nothing was fitted)."""
+    return "not available: fewer than two trainings" if top_k is None else ", ".join(top_k)
 
 
 def beats_chance(evaluations: pd.DataFrame, benchmarks: Sequence[str], level: float = 0.05) -> pd.DataFrame:
