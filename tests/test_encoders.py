@@ -25,7 +25,7 @@ from vislaw.encoders import (
     register_spec,
     spec_from_config,
 )
-from vislaw.encoders.concat import resampling_record
+from vislaw.encoders.concat import PART_INPUT_RESIZE, part_input_record, resampling_record
 from vislaw.encoders.hf import HFEncoder
 
 
@@ -305,6 +305,27 @@ def test_concat_resamples_off_grid_part_and_records_it(ckpt: dict[str, Path]) ->
     assert resampling_record(spec) == [{"part": 1, "from": [6, 6], "to": [4, 4], "mode": "bilinear"}]
 
 
+def test_concat_records_parts_fed_a_resize_of_its_frame(ckpt: dict[str, Path]) -> None:
+    clip = hf_spec("clip", ckpt["clip"], name="clip")
+    dino = hf_spec("dinov2", ckpt["dinov2"], image_size=48, name="dino")  # 6x6 grid
+    spec = EncoderSpec(kind="concat", image_size=32, parts=(clip, dino), name="c_d")
+    assert part_input_record(spec) == [
+        {"part": 1, "input": "concat's framed image", "from": 32, "to": 48, "resize": PART_INPUT_RESIZE}
+    ]
+    assert part_input_record(dataclasses.replace(spec, parts=(clip, dataclasses.replace(dino, image_size=32)))) == []
+    # What is recorded is what happens: DINOv2 sees the 32 px frame resized to 48 px, not its own framing.
+    x = images()
+    resized = F.interpolate(x, size=(48, 48), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+    with torch.inference_mode():
+        joined = create_encoder(spec).tokens(x)[-2]
+        dino_grid = create_encoder(dino).tokens(resized)[-2].transpose(1, 2).reshape(2, 32, 6, 6)
+        dino_tokens = F.interpolate(dino_grid, size=(4, 4), mode="bilinear", align_corners=False).flatten(2)
+        clip_tokens = create_encoder(clip).tokens(x)[-2]
+    expected = F.normalize(torch.cat([F.normalize(clip_tokens, dim=-1),
+                                      F.normalize(dino_tokens.transpose(1, 2), dim=-1)], dim=-1), dim=-1)
+    torch.testing.assert_close(joined, expected)
+
+
 def test_concat_config_parts_reference_entries(ckpt: dict[str, Path]) -> None:
     config = {
         "clip": {"kind": "hf", "weights": str(ckpt["clip"]), "image_size": 32, "patch": 8, **_stats()},
@@ -378,6 +399,18 @@ def test_check_spec_fails_at_parse_time(entry: dict, message: str) -> None:
     with pytest.raises(EncoderConfigError, match=message):
         check_spec(spec_from_config("bad", {"bad": entry}))
     assert check_spec(named_spec("clip_l14_dinov2_l14.336")).grid == (24, 24)  # hub ids: not checked offline
+
+
+@pytest.mark.parametrize("kind", ["hf", "timm", "mini"])
+def test_image_size_off_the_patch_grid_names_key(kind: str) -> None:
+    """SigLIP so400m's patch 14 at 384 px: 27 cells cover 378 px, so keypoints near the far edge would shift."""
+    entry = {"kind": kind, "weights": "w", "image_size": 384, "patch": 14, **_stats()}
+    message = (r"^encoders\.so400m\.image_size: 384 px is not a multiple of patch 14; "
+               r"its 27-cell grid would cover only 378 px")
+    with pytest.raises(EncoderConfigError, match=message):
+        spec_from_config("so400m", {"so400m": entry})
+    # The diffusers kind checks its own multiple (of its VAE's and read block's strides) when built.
+    assert spec_from_config("sd", {"sd": {**entry, "kind": "diffusers"}}).grid == (27, 27)
 
 
 def test_missing_stats_and_patch_mismatch_name_keys(ckpt: dict[str, Path]) -> None:

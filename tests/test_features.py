@@ -15,6 +15,7 @@ from PIL import Image
 from tests.tiny_checkpoints import build_all, hf_spec
 from vislaw import loader
 from vislaw.encoders import EncoderSpec, create_encoder, load_framed
+from vislaw.encoders.concat import PART_INPUT_RESIZE
 from vislaw.encoders.hf import HFEncoder
 from vislaw.features import (
     CacheMismatchError,
@@ -115,6 +116,29 @@ def test_other_dataset_or_non_cache_is_rejected(cache: Path, ckpt: dict[str, Pat
         read_features(alien, ["img0"], extraction_protocol(spec, "fp1"))
 
 
+def test_unreadable_cache_file_names_it_and_says_to_delete_it(ckpt: dict[str, Path], tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(b"\x89HDF\r\n")  # the first bytes of an HDF5 signature, and nothing after
+    with pytest.raises(CacheMismatchError, match=r"truncated\.h5: not a readable HDF5 file .*delete it and rerun"):
+        read_features(truncated, ["img0"], extraction_protocol(hf_spec("clip", ckpt["clip"]), "fp1"))
+
+
+def test_cache_without_protocol_hash_is_rejected(cache: Path, ckpt: dict[str, Path], tmp_path: Path) -> None:
+    expect = extraction_protocol(hf_spec("clip", ckpt["clip"]), "fp1")
+    unhashed = tmp_path / "unhashed.h5"
+    with h5py.File(cache, "r") as source, h5py.File(unhashed, "w") as h5:
+        for name in ("tokens", "image_ids"):
+            source.copy(name, h5)
+        h5.attrs["protocol"] = source.attrs["protocol"]
+    with pytest.raises(CacheMismatchError, match=r"unhashed\.h5: not a vislaw feature cache \(no protocol_hash\); del"):
+        read_features(unhashed, ["img0"], expect)
+
+
+def test_missing_cache_says_to_run_the_extraction(ckpt: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"absent\.h5: no feature cache there; run the extraction"):
+        read_features(tmp_path / "absent.h5", ["img0"], extraction_protocol(hf_spec("clip", ckpt["clip"]), "fp1"))
+
+
 def test_renaming_the_config_key_keeps_the_protocol(ckpt: dict[str, Path]) -> None:
     spec = hf_spec("clip", ckpt["clip"])
     assert extraction_protocol(spec, "x") == extraction_protocol(dataclasses.replace(spec, name="other"), "x")
@@ -151,6 +175,16 @@ def test_concat_cache_records_resampling(ckpt: dict[str, Path], image_paths: lis
     tokens = read_features(tmp_path / "c.h5", ["img0", "img1"], protocol).astype(np.float32)
     assert tokens.shape == (2, 16, 64)
     np.testing.assert_allclose(np.linalg.norm(tokens, axis=-1), 1.0, atol=2e-3)
+
+
+def test_concat_protocol_records_parts_fed_a_resize_of_its_frame(ckpt: dict[str, Path]) -> None:
+    clip, dino = hf_spec("clip", ckpt["clip"], name="clip"), hf_spec("dinov2", ckpt["dinov2"], name="dino")
+    same = EncoderSpec(kind="concat", image_size=32, parts=(clip, dino), name="c_d")
+    resized = dataclasses.replace(same, parts=(clip, dataclasses.replace(dino, image_size=48)))
+    assert extraction_protocol(resized, "fp")["preprocessing"]["part_inputs"] == [
+        {"part": 1, "input": "concat's framed image", "from": 32, "to": 48, "resize": PART_INPUT_RESIZE}
+    ]
+    assert "part_inputs" not in extraction_protocol(same, "fp")["preprocessing"]
 
 
 def test_loader_threads_and_batches_do_not_change_the_cache(ckpt: dict[str, Path], image_paths: list[Path],

@@ -42,7 +42,7 @@ from tqdm import tqdm
 import vislaw
 from vislaw import jpeg, loader
 from vislaw.encoders import Encoder, EncoderSpec, create_encoder
-from vislaw.encoders.concat import resampling_record
+from vislaw.encoders.concat import part_input_record, resampling_record
 from vislaw.encoders.frame import framed_pixels, preprocessing_record
 from vislaw.io import atomic_path
 
@@ -67,6 +67,9 @@ def extraction_protocol(spec: EncoderSpec | Mapping[str, Any], dataset_fingerpri
     rows, cols = spec.grid
     preprocessing = preprocessing_record(spec.image_size, spec.frame)
     preprocessing.update(mean=_list(spec.mean), std=_list(spec.std))
+    part_inputs = part_input_record(spec) if spec.kind == "concat" else []
+    if part_inputs:  # only then: a concat whose parts all take its own frame keeps its protocol (and hash)
+        preprocessing["part_inputs"] = part_inputs
     return {
         "spec": spec.to_dict(with_name=False),
         "image_size": spec.image_size,
@@ -387,16 +390,28 @@ class FeatureCache:
 
 @contextlib.contextmanager
 def open_cache(path: str | os.PathLike[str], expect: Mapping[str, Any]) -> Iterator[FeatureCache]:
-    """Open a cache, raising `CacheMismatchError` unless its protocol equals ``expect`` exactly."""
-    with h5py.File(path, "r") as h5:
-        if "protocol" not in h5.attrs or "tokens" not in h5 or "image_ids" not in h5:
-            raise CacheMismatchError(f"{path}: not a vislaw feature cache (no protocol/tokens/image_ids)")
+    """Open a cache, raising `CacheMismatchError` unless its protocol equals ``expect`` exactly.
+
+    A missing file raises `FileNotFoundError`; an unreadable one (truncated, not HDF5) `CacheMismatchError`.
+    """
+    unusable = "delete it and rerun the extraction"
+    try:
+        h5 = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no feature cache there; run the extraction first") from None
+    except OSError as err:  # h5py's message does not name the file
+        raise CacheMismatchError(f"{path}: not a readable HDF5 file ({err}); {unusable}") from err
+    with h5:
+        missing = [key for key in ("protocol", "protocol_hash") if key not in h5.attrs]
+        missing += [key for key in ("tokens", "image_ids") if key not in h5]
+        if missing:
+            raise CacheMismatchError(f"{path}: not a vislaw feature cache (no {', '.join(missing)}); {unusable}")
         stored = json.loads(h5.attrs["protocol"])
         expected = json.loads(_canonical(expect))
         if stored != expected or h5.attrs["protocol_hash"] != protocol_hash(stored):
             raise CacheMismatchError(
                 f"{path}: made under another protocol ({'; '.join(_differences(stored, expected))}); "
-                "delete it and rerun the extraction (a cache is never reused across protocols)"
+                f"{unusable} (a cache is never reused across protocols)"
             )
         yield FeatureCache(h5)
 

@@ -1,8 +1,10 @@
 """Kind ``concat``: two or more encoders joined as METHOD.md says.
 
-Each part sees the framed image at its own resolution and gives its own spec layer's patch tokens; a part
-whose grid differs from the shared grid is resampled onto it (recorded by `resampling_record`); each part is
-L2-normalised per token, the parts are concatenated along channels, and the result is L2-normalised again.
+Each part sees the concat's framed image (resized to the part's own resolution where that differs: not the
+part's own framing of the original image; recorded by `part_input_record`) and gives its own spec layer's
+patch tokens; a part whose grid differs from the shared grid is resampled onto it (recorded by
+`resampling_record`); each part is L2-normalised per token, the parts are concatenated along channels, and
+the result is L2-normalised again.
 
 options:
     grid: [rows, cols] shared grid (default: the first part's).
@@ -20,6 +22,8 @@ from vislaw.encoders.registry import create_encoder, register_encoder
 from vislaw.encoders.spec import EncoderConfigError, EncoderSpec
 
 RESAMPLE_MODES = ("bilinear", "bicubic", "nearest", "area")
+# How `ConcatEncoder.tokens` resizes its framed image for a part at another resolution.
+PART_INPUT_RESIZE = "bicubic, antialiased, clamped to [0, 1]"
 
 
 class ConcatEncoder(Encoder):
@@ -66,6 +70,16 @@ def resampling_record(spec: EncoderSpec) -> list[dict[str, object]]:
         {"part": i, "from": list(part.grid), "to": target, "mode": mode}
         for i, part in enumerate(spec.parts)
         if list(part.grid) != target
+    ]
+
+
+def part_input_record(spec: EncoderSpec) -> list[dict[str, object]]:
+    """Which parts (by position) see the concat's framed image resized to their own resolution."""
+    return [
+        {"part": i, "input": "concat's framed image", "from": spec.image_size, "to": part.image_size,
+         "resize": PART_INPUT_RESIZE}
+        for i, part in enumerate(spec.parts)
+        if part.image_size != spec.image_size
     ]
 
 

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 FRAMES = ("pad", "stretch")
+# Kinds whose grid is ``image_size // patch`` cells of a patchifying or strided network: the convolution drops
+# any remainder, so such a grid would cover less than the frame keypoints are mapped into (the diffusers
+# kind checks its own multiple, of the VAE's and the read block's strides, when it is built).
+PATCH_GRID_KINDS = ("hf", "timm", "mini")
 # Fields a config entry may set directly; kind-specific settings go under ``options``.
 CONFIG_FIELDS = ("kind", "spec", "weights", "image_size", "mean", "std", "patch", "layer", "drop_prefix",
                  "frame", "options", "parts")
@@ -74,6 +78,12 @@ class EncoderSpec:
             raise EncoderConfigError(f"{self.key('layer')}: must be an integer, got {self.layer!r}")
         if self.patch is not None and (not isinstance(self.patch, int) or self.patch <= 0):
             raise EncoderConfigError(f"{self.key('patch')}: must be a positive integer, got {self.patch!r}")
+        if self.kind in PATCH_GRID_KINDS and self.patch is not None and self.image_size % self.patch:
+            side = self.image_size // self.patch
+            raise EncoderConfigError(
+                f"{self.key('image_size')}: {self.image_size} px is not a multiple of patch {self.patch}; "
+                f"its {side}-cell grid would cover only {side * self.patch} px of the frame"
+            )
         if self.frame not in FRAMES:
             raise EncoderConfigError(f"{self.key('frame')}: must be one of {FRAMES}, got {self.frame!r}")
         for stat in ("mean", "std"):
