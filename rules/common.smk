@@ -2,6 +2,7 @@
 import json
 import re
 
+from vislaw.commands import check_command
 from vislaw.data.datasets import DATASETS
 from vislaw.data.prepare import DataSourceError, check_source, source_paths
 from vislaw.data.text import SKILLS
@@ -170,6 +171,16 @@ def check_data_source():
             "('world' generates the mini-world, 'data' names your own files)"
         )
     if "data" not in config:
+        world = config.get("world")
+        if (
+            MEASURING
+            and world
+            and config["a_score"]["n_probe"] > world["n_caption_probe"]
+        ):
+            raise WorkflowError(
+                f"config key 'a_score.n_probe': {config['a_score']['n_probe']} probe pairs asked, "
+                f"but 'world.n_caption_probe' makes {world['n_caption_probe']}"
+            )
         return
     data = config["data"]
     try:
@@ -209,8 +220,21 @@ def check_data_source():
         )
 
 
+def check_commands():
+    """External commands' placeholders, before any job runs (a typo would otherwise fail hours in)."""
+    for key in ("stage1.command", "stage2.command", "evaluation.command"):
+        section, field = key.split(".")
+        command = config.get(section, {}).get(field)
+        if command:
+            try:
+                check_command(key, command)
+            except ValueError as err:
+                raise WorkflowError(str(err)) from None
+
+
 check_data_source()
 check_encoders()
+check_commands()
 
 
 # The MLLM's language model: a user's local checkpoint, or the tiny LM trained on the world's corpus.
@@ -247,6 +271,25 @@ def a_score_inputs(wildcards):
 def spec_param(wildcards):
     """The encoder's spec as a plain dict: a change to one entry reruns only that encoder's jobs."""
     return encoder_spec(wildcards.encoder).to_dict()
+
+
+# What the live policy reads (vislaw.aggregate.live_policy): the checkpoint rounds and the policy report track only
+# these, so editing the simulation's trials or max_budget does not rerun the rounds and everything after them.
+LIVE_POLICY_SETTINGS = {
+    key: config["policy"][key]
+    for key in ("budget", "initial", "per_round", "top_k", "seed", "train_all")
+}
+
+
+def evaluation_settings(wildcards):
+    """The evaluate jobs of one benchmark get the command and that benchmark's metric only, so that
+    editing another benchmark's metric does not rerun this benchmark's (possibly hours-long) jobs.
+    """
+    settings = config["evaluation"]
+    metric = settings.get("metric")
+    if isinstance(metric, dict):
+        metric = metric.get(wildcards.benchmark)
+    return {"command": settings.get("command"), "metric": metric}
 
 
 def check_measurements():

@@ -20,7 +20,6 @@ rule extract_features:
     params:
         spec=spec_param,
         datasets=IMAGE_SETS,
-        batch_size=config["features"]["batch_size"],
-        code=code_hash("encoders", "features", "loader", "data", "jobs"),
+        code=code_hash("encoders", "zoo", "features", "loader", "jpeg", "data", "jobs"),
     script:
         "../workflow/scripts/extract_features.py"

@@ -27,7 +27,7 @@ rule plot_law:
     params:
         benchmarks=BENCHMARKS,
         predict_with=config["law"]["predict_with"],
-        code=code_hash("plots"),
+        code=code_hash("plots", "law", "measurements"),
     script:
         "../workflow/scripts/plot_law.py"
 
@@ -51,7 +51,7 @@ rule plot_r2:
         runtime=10,
     params:
         feature_sets=config["law"]["feature_sets"],
-        code=code_hash("plots"),
+        code=code_hash("plots", "law", "measurements"),
     script:
         "../workflow/scripts/plot_r2.py"
 
@@ -75,7 +75,7 @@ rule plot_policy:
         runtime=10,
     params:
         groups=GROUPS,
-        code=code_hash("plots"),
+        code=code_hash("plots", "law", "measurements"),
     script:
         "../workflow/scripts/plot_policy.py"
 

@@ -18,7 +18,7 @@ rule c_score:
     params:
         spec=spec_param,
         protocol=config["c_score"],
-        code=code_hash("scores.correspondence", "data", "jobs"),
+        code=code_hash("scores.correspondence", "encoders.frame", "data", "jobs"),
     script:
         "../workflow/scripts/c_score.py"
 
@@ -41,7 +41,7 @@ rule ac_table:
         runtime=10,
     params:
         encoders=ENCODERS,
-        code=code_hash("aggregate"),
+        code=code_hash("aggregate", "policy", "law", "measurements"),
     script:
         "../workflow/scripts/ac_table.py"
 
@@ -66,6 +66,6 @@ rule a_score:
         spec=spec_param,
         settings=config["a_score"],
         references=a_score_references,
-        code=code_hash("train", "llm", "scores.alignment", "jobs"),
+        code=code_hash("train", "llm", "tinyllama", "scores.alignment", "jobs"),
     script:
         "../workflow/scripts/a_score.py"

@@ -17,7 +17,7 @@ rule pretrain_llm:
         runtime=60,
     params:
         settings=config["llm"]["pretrain"],
-        code=code_hash("llm", "jobs"),
+        code=code_hash("llm", "tinyllama", "jobs"),
     script:
         "../workflow/scripts/pretrain_llm.py"
 
@@ -44,6 +44,8 @@ rule train_projector:
     params:
         spec=spec_param,
         settings=config["stage1"],
-        code=code_hash("train", "llm", "scores.alignment", "jobs"),
+        code=code_hash(
+            "train", "llm", "tinyllama", "scores.alignment", "commands", "jobs"
+        ),
     script:
         "../workflow/scripts/train_projector.py"

@@ -17,8 +17,8 @@ checkpoint policy_round:
     params:
         evals=lambda wc: eval_files(trained_before(int(wc.round))),
         round=lambda wc: int(wc.round),
-        settings=config["policy"],
-        code=code_hash("policy", "aggregate"),
+        settings=LIVE_POLICY_SETTINGS,
+        code=code_hash("policy", "aggregate", "law", "measurements"),
     script:
         "../workflow/scripts/policy_round.py"
 
@@ -46,7 +46,9 @@ rule train_mllm:
     params:
         spec=spec_param,
         settings=config["stage2"],
-        code=code_hash("train", "llm", "scores.alignment", "jobs"),
+        code=code_hash(
+            "train", "llm", "tinyllama", "scores.alignment", "commands", "jobs"
+        ),
     script:
         "../workflow/scripts/train_mllm.py"
 
@@ -74,8 +76,10 @@ rule evaluate:
         runtime=60,
     params:
         spec=spec_param,
-        settings=config["evaluation"],
-        code=code_hash("train", "llm", "data", "jobs"),
+        settings=evaluation_settings,
+        code=code_hash(
+            "train", "llm", "tinyllama", "scores.alignment", "data", "commands", "jobs"
+        ),
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -98,7 +102,7 @@ rule measurements:
     params:
         evals=lambda wc: eval_files(trained_settings()),
         benchmarks=BENCHMARKS,
-        code=code_hash("aggregate"),
+        code=code_hash("aggregate", "policy", "law", "measurements"),
     script:
         "../workflow/scripts/measurements.py"
 
@@ -121,7 +125,7 @@ rule policy_report:
         runtime=10,
     params:
         evals=lambda wc: eval_files(trained_settings()),
-        settings=config["policy"],
-        code=code_hash("policy", "aggregate"),
+        settings=LIVE_POLICY_SETTINGS,
+        code=code_hash("policy", "aggregate", "law", "measurements"),
     script:
         "../workflow/scripts/policy_report.py"

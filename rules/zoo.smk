@@ -18,6 +18,6 @@ rule pretrain_encoder:
     params:
         objective=lambda wc: zoo_training(wc.zoo_encoder)[0],
         config=lambda wc: zoo_training(wc.zoo_encoder)[1],
-        code=code_hash("zoo", "encoders", "jobs"),
+        code=code_hash("zoo", "encoders", "data", "jobs"),
     script:
         "../workflow/scripts/pretrain_encoder.py"

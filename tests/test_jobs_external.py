@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vislaw.encoders import named_spec
-from vislaw.jobs import command_fields, evaluate, train_mllm
+from vislaw.jobs import a_score, command_fields, evaluate, train_mllm
 from vislaw.train import Projector, load_projector, projector_from_llava, save_projector
 
 
@@ -48,6 +48,20 @@ def test_external_stage_2_gets_the_stage_1_projector_in_llavas_format(tmp_path: 
     for name, value in original.state_dict().items():
         torch.testing.assert_close(back.state_dict()[name], value)
     assert [p.name for p in (tmp_path / "mllm").iterdir()] == ["CLIP336"]  # the LLaVA copy was temporary
+
+
+def test_an_external_stage_2_killed_mid_save_leaves_no_model(tmp_path: Path) -> None:
+    # the "trainer" writes part of its model, then dies: evaluate must never find a folder under the final name
+    torch.manual_seed(0)
+    projector_pt = str(tmp_path / "CLIP336.pt")
+    save_projector(projector_pt, Projector(4, 8), {"mode": "test"})
+    spec = {**named_spec("clip_vit_l14_336.openai").to_dict(), "name": "CLIP336"}
+    out_dir = tmp_path / "mllm" / "CLIP336"
+    command = "echo half > $output_dir/model-00001-of-00002.safetensors && echo 'out of disk' >&2 && exit 3"
+    with pytest.raises(RuntimeError, match="exit status 3(.|\\n)*out of disk"):
+        train_mllm(spec, str(tmp_path / "data"), str(tmp_path / "llm"), projector_pt, [], {"command": command},
+                   str(out_dir))
+    assert list((tmp_path / "mllm").iterdir()) == []
 
 
 def test_external_evaluation_reads_each_benchmarks_own_metric(tmp_path: Path) -> None:
@@ -100,3 +114,14 @@ def test_a_conversations_turns_are_read_in_order_without_the_image_placeholder()
     with pytest.raises(ValueError, match=r"qa/instruct_train.json, record 'c7': 'conversations' should alternate "
                                          r"'human' and 'gpt' .*\['human', 'gpt', 'human'\]"):
         _qa_turns(record)
+
+
+def test_a_probe_set_smaller_than_n_probe_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    # the A score used to average over the 3 pairs there were when 5 were asked
+    (tmp_path / "data" / "captions").mkdir(parents=True)
+    probe = [{"image": f"img{i}", "caption": "a red circle"} for i in range(3)]
+    (tmp_path / "data" / "captions" / "probe.json").write_text(json.dumps(probe))
+    with pytest.raises(ValueError, match=r"a_score.n_probe: 5 probe pairs asked, but the probe set .* holds 3"):
+        a_score({}, str(tmp_path / "data"), "", "", "", {"method": "caption_loglik", "n_probe": 5},
+                str(tmp_path / "A.json"))
+    assert not (tmp_path / "A.json").exists()

@@ -154,6 +154,29 @@ def test_changing_one_encoder_reruns_only_that_encoder(smoke_run: Path) -> None:
                        "measurements": 1, "policy_report": 1, "summary": 1}
 
 
+def test_settings_no_result_depends_on_rerun_nothing(smoke_run: Path) -> None:
+    # the extraction's batch size is not part of a cache's protocol; trials and max_budget only shape the
+    # Monte-Carlo simulation, which a run with a budget does not make
+    def settings(config):
+        config.setdefault("features", {})["batch_size"] = 3
+        config["policy"].update(trials=7, max_budget=2)
+
+    assert planned_rules(smoke_run, "--configfile", preset_variant(smoke_run, "inert.yaml", settings)) == {}
+
+
+def test_one_benchmarks_metric_reruns_only_that_benchmarks_evaluations(smoke_run: Path) -> None:
+    config = yaml.safe_load((smoke_run / SMOKE).read_text())
+    benchmark = next(iter(config["benchmarks"]))
+    trained = {p.parent.name for p in (smoke_run / OUT / "eval").glob(f"*/{benchmark}.json")}
+
+    def metric(config):
+        config["evaluation"] = {"metric": {benchmark: "accuracy"}}
+
+    planned = planned_rules(smoke_run, "--configfile", preset_variant(smoke_run, "metric.yaml", metric))
+    assert len(trained) == 2 and planned["evaluate"] == len(trained)  # not one per (encoder, benchmark)
+    assert set(planned) <= {"evaluate", "policy_round", "measurements", "policy_report", "summary"}
+
+
 def test_a_failing_external_command_fails_its_job_with_its_stderr_and_no_output(smoke_run: Path) -> None:
     def external(config):
         config["evaluation"] = {"command": "echo vislaw-boom-$task >&2; exit 3"}
@@ -187,3 +210,24 @@ def test_bad_encoder_entries_fail_the_dry_run_naming_the_key(smoke_run: Path) ->
         proc = snakemake(smoke_run, "-n", "--configfile", preset_variant(smoke_run, name, edit), check=False)
         assert proc.returncode != 0, name
         assert message in proc.stdout + proc.stderr, (name, proc.stdout[-2000:] + proc.stderr[-2000:])
+
+
+def test_more_probe_pairs_than_the_world_makes_fail_the_dry_run(smoke_run: Path) -> None:
+    # the A job used to take the first n_probe pairs silently: 17 asked of 16 gave A over 16
+    def probe(config):
+        config["a_score"]["n_probe"] = config["world"]["n_caption_probe"] + 1
+
+    proc = snakemake(smoke_run, "-n", "--configfile", preset_variant(smoke_run, "probe.yaml", probe), check=False)
+    assert proc.returncode != 0
+    assert ("config key 'a_score.n_probe': 17 probe pairs asked, but 'world.n_caption_probe' makes 16"
+            in proc.stdout + proc.stderr)
+
+
+def test_a_misspelt_command_placeholder_fails_the_dry_run(smoke_run: Path) -> None:
+    def command(config):
+        config["evaluation"] = {"command": "lmms-eval --model_args pretrained=$modle --tasks $task"}
+
+    proc = snakemake(smoke_run, "-n", "--configfile", preset_variant(smoke_run, "placeholder.yaml", command),
+                     check=False)
+    assert proc.returncode != 0
+    assert "config key 'evaluation.command': unknown placeholder(s) $modle" in proc.stdout + proc.stderr

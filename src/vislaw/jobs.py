@@ -21,6 +21,7 @@ from vislaw.data import spair
 from vislaw.data.datasets import conversation_turns, image_set
 from vislaw.encoders.spec import EncoderSpec
 from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
+from vislaw.commands import fill
 from vislaw.gpu import gpu_job
 from vislaw.io import write_json
 from vislaw.scores.correspondence import CorrespondenceProtocol, score_spair
@@ -163,7 +164,6 @@ def _resolved(config: TrainConfig, llm: torch.nn.Module, section: str) -> TrainC
 def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
                     settings: Mapping[str, Any], out_pt: str) -> None:
     """Rule train_projector: the stage-1 projector of one encoder (built in, or an external command)."""
-    import string
     import tempfile
 
     if settings.get("command") and (int(settings.get("pool", 1)) != 1 or settings.get("pool_grid")):
@@ -189,9 +189,8 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
     if command:
         # The official LLaVA pretraining script, or any command that writes an mm_projector.bin.
         with tempfile.TemporaryDirectory(dir=Path(out_pt).parent) as work:
-            line = string.Template(command).substitute(
-                weights=spec.get("weights") or "", image_size=spec["image_size"], output_dir=work,
-                data_dir=data_dir, llm=llm_dir, **command_fields(spec))
+            line = fill("stage1.command", command, weights=spec.get("weights") or "", image_size=spec["image_size"],
+                        output_dir=work, data_dir=data_dir, llm=llm_dir, **command_fields(spec))
             run_external(line)
             produced = Path(work) / "mm_projector.bin"
             if not produced.is_file():
@@ -226,7 +225,11 @@ def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: 
     from vislaw.train import caption_loglik, load_projector
 
     method = settings["method"]
-    records = caption_records(data_dir, "probe")[: settings["n_probe"]]
+    records = caption_records(data_dir, "probe")
+    if len(records) < settings["n_probe"]:  # a probe file given by the user can hold fewer than asked
+        raise ValueError(f"a_score.n_probe: {settings['n_probe']} probe pairs asked, but the probe set "
+                         f"(captions/probe.json of {data_dir}) holds {len(records)}")
+    records = records[: settings["n_probe"]]
     ids = [r["image"] for r in records]
     projector, _ = load_projector(projector_pt)
     features = _cached_tokens(spec, data_dir, "caption_probe", features_h5, ids).float()
@@ -267,8 +270,6 @@ def _qa_turns(record: Mapping[str, Any]) -> list[tuple[str, str]]:
 def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: str, features_h5: str,
                settings: Mapping[str, Any], out_dir: str) -> None:
     """Rule train_mllm: stage 2 (projector + LM) on the instruction data, from the stage-1 projector."""
-    import string
-
     from vislaw.data.datasets import read_records
     from vislaw.llm import load_llm
     from vislaw.train import TrainConfig, load_projector, save_mllm
@@ -276,21 +277,23 @@ def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_p
 
     command = settings.get("command")
     if command:
+        from vislaw.io import atomic_dir
         from vislaw.train import projector_to_llava
 
-        with tempfile_dir(Path(out_dir).parent) as work:
+        # The command writes into a staged folder that becomes out_dir only once it has succeeded: a 7B
+        # trainer killed mid-save must not leave a half-written model under the name evaluate reads.
+        with tempfile_dir(Path(out_dir).parent) as work, atomic_dir(out_dir) as staged:
             # LLaVA's finetune script starts from an mm_projector.bin (--pretrain_mm_mlp_adapter), not from
             # vislaw's projector file: hand it the same weights in LLaVA's format when the command asks.
             llava_projector = str(Path(work) / "mm_projector.bin")
             if "llava_projector" in command:
                 projector_to_llava(projector_pt, llava_projector)
-            line = string.Template(command).substitute(
-                weights=spec.get("weights") or "", image_size=spec["image_size"], output_dir=out_dir,
-                data_dir=data_dir, llm=llm_dir, projector=projector_pt, llava_projector=llava_projector,
-                **command_fields(spec))
+            line = fill("stage2.command", command, weights=spec.get("weights") or "", image_size=spec["image_size"],
+                        output_dir=staged, data_dir=data_dir, llm=llm_dir, projector=projector_pt,
+                        llava_projector=llava_projector, **command_fields(spec))
             run_external(line)
-        if not Path(out_dir).is_dir() or not any(Path(out_dir).iterdir()):
-            raise FileNotFoundError(f"stage2.command: wrote nothing to its output_dir {out_dir}")
+            if not any(staged.iterdir()):
+                raise FileNotFoundError(f"stage2.command: wrote nothing to its output_dir (for {out_dir})")
         return
     records = read_records(Path(data_dir) / "qa" / "instruct_train.json")
     llm, tokenizer = load_llm(llm_dir, key="llm.weights")
@@ -314,13 +317,12 @@ def evaluate(spec: Mapping[str, Any], data_dir: str, mllm_dir: str, features_h5:
     the greedy answer; ``score`` is the first (x100).
     """
     import json
-    import string
 
     command = settings.get("command")
     if command:
         with tempfile_dir(Path(out_json).parent) as work:
-            line = string.Template(command).substitute(model=mllm_dir, task=benchmark, output_dir=work,
-                                                       encoder=command_fields(spec)["encoder"])
+            line = fill("evaluation.command", command, model=mllm_dir, task=benchmark, output_dir=work,
+                        encoder=command_fields(spec)["encoder"])
             run_external(line)
             metric = settings.get("metric")
             if isinstance(metric, Mapping):  # one metric per benchmark (lmms-eval tasks report different ones)

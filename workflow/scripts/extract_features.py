@@ -13,5 +13,7 @@ extract_features(
     snakemake.params.spec,  # noqa: F821
     snakemake.input.data,  # noqa: F821
     dict(zip(snakemake.params.datasets, snakemake.output)),  # noqa: F821
-    snakemake.params.batch_size,  # noqa: F821
+    # not a param: the batch size does not change the caches (vislaw.features.extraction_protocol leaves it
+    # out), so lowering it after an out-of-memory error must not rerun every extraction and what follows
+    snakemake.config["features"]["batch_size"],  # noqa: F821
 )
