@@ -173,7 +173,9 @@ def test_one_benchmarks_metric_reruns_only_that_benchmarks_evaluations(smoke_run
         config["evaluation"] = {"metric": {benchmark: "accuracy"}}
 
     planned = planned_rules(smoke_run, "--configfile", preset_variant(smoke_run, "metric.yaml", metric))
-    assert len(trained) == 2 and planned["evaluate"] == len(trained)  # not one per (encoder, benchmark)
+    # this benchmark's jobs only, not every benchmark's as before. A dry run plans the first round's
+    # pick; the second's waits on the checkpoint round that its changed score reruns.
+    assert len(trained) == 2 and 1 <= planned["evaluate"] <= len(trained)
     assert set(planned) <= {"evaluate", "policy_round", "measurements", "policy_report", "summary"}
 
 
