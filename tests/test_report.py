@@ -44,3 +44,15 @@ def test_summary_says_the_predicted_top_k_is_unavailable_with_fewer_than_two_tra
     text = build_summary("t", "m.csv", {"colour": "vision"}, "AC_poly", ".", ac=ac,
                          policy={**policy, "train_all": False, "predicted_top_k": None, "shadow": None})
     assert "- predicted top-k by the AC fit on all trained: not available: fewer than two trainings" in text
+
+
+def test_the_normalised_mean_is_not_swamped_by_a_benchmark_on_another_scale() -> None:
+    # mme in points (~1500), mmbench in %: the plain mean ranks by mme alone, the normalised one weighs both
+    measurements = pd.DataFrame({"setting": ["clip", "dino", "sd"], "mmbench": [64.0, 58.0, 28.0],
+                                 "mme": [1400.0, 1500.0, 900.0]})
+    text = build_summary("t", "m.csv", {"mmbench": "vision", "mme": "vision"}, "AC_poly", ".",
+                         ac=pd.DataFrame({"setting": ["clip"], "A": [-1.0], "C": [10.0]}), measurements=measurements)
+    # clip: (1 + 5/6) / 2 = 91.7; dino: (30/36 + 1) / 2 = 91.7; sd: 0; plain means 732.0, 779.0, 464.0
+    assert "| clip | 64.0 | 1400.0 | 732.0 | 91.7 |" in text
+    assert "| dino | 58.0 | 1500.0 | 779.0 | 91.7 |" in text
+    assert "| sd | 28.0 | 900.0 | 464.0 | 0.0 |" in text

@@ -74,9 +74,15 @@ def _measured_section(ac: pd.DataFrame, measurements: pd.DataFrame | None, group
     lines += [markdown_table(ac[columns]), ""]
     if measurements is not None:
         scored = measurements[["setting", *groups]].copy()
-        scored["mean"] = scored[list(groups)].mean(axis=1)
-        lines += ["Benchmark scores of the trained settings (blank: not trained):", "",
-                  markdown_table(scored, digits=1), ""]
+        values = scored[list(groups)]
+        scored["mean"] = values.mean(axis=1)
+        # Benchmarks on other scales (MME's ~1500 points beside percentages) swamp the plain mean; each
+        # benchmark min-max normalised over the settings first, as the policy's target, does not.
+        span = values.max() - values.min()
+        scored["normalised mean"] = 100 * ((values - values.min()) / span.where(span > 0)).mean(axis=1)
+        lines += ["Benchmark scores of the trained settings (blank: not trained); the normalised mean averages "
+                  "each benchmark's score min-max normalised over these settings (0-100), as the policy's "
+                  "target does:", "", markdown_table(scored, digits=1), ""]
     if policy is not None:
         lines += ["## The AC policy's recommendation", ""]
         mode = "train_all" if policy["train_all"] else f"budget {policy['budget']}"
