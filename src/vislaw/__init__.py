@@ -8,6 +8,7 @@ Modules, one job each:
 - ``report``: the run's markdown summary.
 - ``io``: atomic writes (nothing half-written is ever left as an output).
 - ``provenance``: code hashes that make the workflow rerun when library code changes.
+- ``commands``: the placeholders of external commands (LLaVA's trainers, lmms-eval), checked and filled.
 """
 
 __version__ = "0.1.0"

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import vislaw
+from vislaw.commands import fill
 from vislaw.data import spair
 from vislaw.data.datasets import conversation_turns, image_set
 from vislaw.encoders.spec import EncoderSpec
 from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
-from vislaw.commands import fill
 from vislaw.gpu import gpu_job
 from vislaw.io import write_json
 from vislaw.scores.correspondence import CorrespondenceProtocol, score_spair
