@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vislaw.provenance import _PACKAGE_ROOT, code_hash
+from vislaw.provenance import code_hash, module_files
 
 RULES = Path(__file__).resolve().parents[1] / "rules"
 # Writing helpers and job scheduling: editing them cannot change a result, so no rule reruns for them.
@@ -29,15 +29,10 @@ def hashed_modules() -> dict[str, set[str]]:
     return found
 
 
-def module_file(module: str) -> list[Path]:
-    base = _PACKAGE_ROOT.joinpath(*module.split("."))
-    return [base.with_suffix(".py")] if base.with_suffix(".py").is_file() else sorted(base.rglob("*.py"))
-
-
 def vislaw_imports(module: str) -> set[str]:
     """Every ``vislaw.X`` a module (or package) imports, function-local imports included."""
     out: set[str] = set()
-    for file in module_file(module):
+    for file in module_files(module):
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vislaw"):
                 parts = node.module.split(".")[1:]
@@ -69,8 +64,12 @@ def import_closure(named: set[str]) -> set[str]:
 
 
 def _exists(module: str) -> bool:
-    base = _PACKAGE_ROOT.joinpath(*module.split("."))
-    return base.with_suffix(".py").is_file() or base.is_dir()
+    """``from vislaw.x import name`` also names functions (``name``), not only modules."""
+    try:
+        module_files(module)
+    except KeyError:
+        return False
+    return True
 
 
 def test_the_rules_hash_some_code() -> None:

@@ -21,16 +21,21 @@ def code_hash(*modules: str) -> str:
     """
     digest = hashlib.sha256()
     for module in sorted(set(modules)):
-        base = _PACKAGE_ROOT.joinpath(*module.split("."))
-        if base.with_suffix(".py").is_file():
-            files = [base.with_suffix(".py")]
-        elif base.is_dir():
-            files = sorted(base.rglob("*.py"))
-        else:
-            raise KeyError(f"code_hash: no module 'vislaw.{module}' under {_PACKAGE_ROOT}")
-        for file in files:
+        for file in module_files(module):
             digest.update(file.relative_to(_PACKAGE_ROOT).as_posix().encode())
             digest.update(b"\0")
             digest.update(file.read_bytes())
             digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+def module_files(module: str) -> list[Path]:
+    """The source files of ``vislaw.<module>``: its ``.py`` file, or every ``.py`` under a package folder.
+
+    Unknown names raise KeyError."""
+    base = _PACKAGE_ROOT.joinpath(*module.split("."))
+    if base.with_suffix(".py").is_file():
+        return [base.with_suffix(".py")]
+    if base.is_dir():
+        return sorted(base.rglob("*.py"))
+    raise KeyError(f"code_hash: no module 'vislaw.{module}' under {_PACKAGE_ROOT}")
