@@ -52,8 +52,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        if tmp.exists():  # a writer may have replaced the file: it then has its own mode already
-            _public(tmp, 0o666)
+        _public(tmp, 0o666)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
