@@ -7,6 +7,7 @@ from vislaw.data.datasets import DATASETS
 from vislaw.data.prepare import DataSourceError, check_source, source_paths
 from vislaw.data.text import SKILLS
 from vislaw.encoders import EncoderConfigError, check_spec, spec_from_config
+from vislaw.encoders.spec import hub_revisions, leaf_specs, weight_files
 from vislaw.law import min_points
 from vislaw.measurements import (
     MeasurementsError,
@@ -109,6 +110,24 @@ def zoo_parts(name):
 
 def zoo_inputs(wildcards):
     return [f"{OUT}/zoo/{name}" for name in zoo_parts(wildcards.encoder)]
+
+
+def weight_inputs(wildcards):
+    """The local checkpoint files an encoder loads (its own or its parts'), the zoo's excepted (zoo_inputs
+    tracks those): a checkpoint overwritten in place is newer than the caches, so they are made again.
+    """
+    leaves = leaf_specs(encoder_spec(wildcards.encoder))
+    return [
+        str(path)
+        for leaf in leaves
+        if leaf.name not in ZOO
+        for path in weight_files(leaf)
+    ]
+
+
+def weight_revisions(wildcards):
+    """Hub id -> the commit the local Hugging Face cache loads: a newer download reruns the extraction."""
+    return hub_revisions(encoder_spec(wildcards.encoder))
 
 
 def check_encoders():

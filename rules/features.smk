@@ -3,6 +3,7 @@ rule extract_features:
     input:
         data=f"{OUT}/data",
         zoo=zoo_inputs,
+        weights=weight_inputs,
     output:
         expand(f"{OUT}/features/{{{{encoder}}}}/{{dataset}}.h5", dataset=IMAGE_SETS),
     log:
@@ -19,6 +20,7 @@ rule extract_features:
         runtime=60,
     params:
         spec=spec_param,
+        weights_revision=weight_revisions,
         datasets=IMAGE_SETS,
         code=code_hash("encoders", "zoo", "features", "loader", "jpeg", "data", "jobs"),
     script:

@@ -476,3 +476,46 @@ def test_keypoints_map_into_the_framed_square(mode: str) -> None:
     if mode == "pad":
         assert frame.offset == (0, 20)
         assert np.asarray(framed)[:30].max() == 0  # zero padding above the image
+
+
+def test_weight_files_list_a_checkpoints_files_and_skip_hub_ids_and_hidden_metadata(tmp_path: Path) -> None:
+    from vislaw.encoders.spec import weight_files
+
+    folder = tmp_path / "clip"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json", "sub/tokenizer.json", ".cache/huggingface/meta"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    single = tmp_path / "vit.pth"
+    single.write_bytes(b"weights")
+    entries = {
+        "clip": {"kind": "hf", "weights": str(folder), "patch": 14, "image_size": 224},
+        "vit": {"kind": "timm", "weights": str(single), "options": {"model": "vit_tiny"}, "patch": 16},
+        "hub": {"kind": "hf", "weights": "openai/clip-vit-large-patch14", "patch": 14, "image_size": 224},
+        "both": {"kind": "concat", "parts": ["hub", "vit", "clip"]},
+    }
+    expected_folder = [folder / "config.json", folder / "model.safetensors", folder / "sub" / "tokenizer.json"]
+    assert weight_files(spec_from_config("clip", entries)) == expected_folder
+    assert weight_files(spec_from_config("hub", entries)) == []
+    assert weight_files(spec_from_config("both", entries)) == [single, *expected_folder]  # parts in order
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderConfigError, match=r"encoders\.e\.weights: folder .* holds no files"):
+        weight_files(spec_from_config("e", {"e": {"kind": "hf", "weights": str(tmp_path / "empty"), "patch": 14}}))
+
+
+def test_hub_revisions_read_the_commit_an_offline_load_uses(tmp_path: Path) -> None:
+    from vislaw.encoders.spec import hub_revisions
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    refs = tmp_path / "models--openai--clip-vit-large-patch14" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(commit + "\n")
+    entries = {
+        "clip": {"kind": "hf", "weights": "openai/clip-vit-large-patch14", "patch": 14},
+        "dino": {"kind": "timm", "weights": "hf-hub:timm/vit_small_patch14_dinov2.lvd142m", "patch": 14},
+        "both": {"kind": "concat", "parts": ["clip", "dino"]},
+        "random": {"kind": "timm", "options": {"model": "vit_tiny"}, "patch": 16},
+    }
+    assert hub_revisions(spec_from_config("both", entries), cache_dir=tmp_path) == {
+        "openai/clip-vit-large-patch14": commit, "timm/vit_small_patch14_dinov2.lvd142m": None}
+    assert hub_revisions(spec_from_config("random", entries), cache_dir=tmp_path) == {}

@@ -4,6 +4,7 @@ budget), in a fresh copy: what runs, what it writes, what reruns, and how failur
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -152,6 +153,32 @@ def test_changing_one_encoder_reruns_only_that_encoder(smoke_run: Path) -> None:
     # random_vit_64's own jobs (it is not one of the policy's picks, so no stage 2), then the aggregates
     assert planned == {**{rule: 1 for rule in MEASURING_RULES}, "ac_table": 1, "policy_round": 1,
                        "measurements": 1, "policy_report": 1, "summary": 1}
+
+
+def test_a_local_checkpoint_overwritten_in_place_reruns_its_extraction(smoke_run: Path) -> None:
+    import torch
+
+    # the cache's protocol names the weights by path, so only the files' times can tell that they changed
+    checkpoint = smoke_run / "checkpoints" / "copied_vit"
+    shutil.copytree(smoke_run / OUT / "zoo" / "random_vit_64", checkpoint)
+
+    def local(config):
+        config["encoders"]["copied_vit"] = {"kind": "mini", "weights": "checkpoints/copied_vit", "image_size": 64,
+                                            "patch": 8, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                            "options": {"arch": "vit"}}
+
+    preset = preset_variant(smoke_run, "local.yaml", local)
+    target = "results/smoke/features/copied_vit/spair_test.h5"
+    snakemake(smoke_run, target, "--configfile", preset)
+    assert planned_rules(smoke_run, target, "--configfile", preset) == {}
+    weights = checkpoint / "backbone.pt"
+    later = (smoke_run / target).stat().st_mtime + 10
+    os.utime(weights, (later, later))  # touched, same bytes: Snakemake's recorded checksum says unchanged
+    assert planned_rules(smoke_run, target, "--configfile", preset) == {}
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state["pos_embed"] += 0.01
+    torch.save(state, weights)  # fine-tuned and saved over the old file
+    assert planned_rules(smoke_run, target, "--configfile", preset) == {"extract_features": 1}
 
 
 def test_settings_no_result_depends_on_rerun_nothing(smoke_run: Path) -> None:

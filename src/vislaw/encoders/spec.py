@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,58 @@ def local_weights(spec: EncoderSpec) -> Path | None:
 
 def hub_id(weights: str) -> str:
     return weights.removeprefix("hf-hub:")
+
+
+def leaf_specs(spec: EncoderSpec) -> list[EncoderSpec]:
+    """The specs that load weights: ``spec`` itself, or a concat's parts (recursively), in order."""
+    if spec.kind == "concat":
+        return [leaf for part in spec.parts for leaf in leaf_specs(part)]
+    return [spec]
+
+
+def weight_files(spec: EncoderSpec) -> list[Path]:
+    """Every local file the encoder's weights load from: a checkpoint file, or each file under a checkpoint
+    folder (hidden ones, such as a download tool's metadata, left out), sorted; none for hub ids.
+
+    A workflow tracks them as inputs, so that a checkpoint overwritten in place, whose path (and so the
+    cache's protocol) is unchanged, still makes its caches stale. Hashing their content instead would cost
+    every reader of a cache a pass over gigabytes.
+    """
+    files: list[Path] = []
+    for leaf in leaf_specs(spec):
+        path = local_weights(leaf)
+        if path is None:
+            continue
+        if path.is_file():
+            files.append(path)
+            continue
+        found = [
+            p for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
+        if not found:
+            raise EncoderConfigError(f"{leaf.key('weights')}: folder {leaf.weights!r} holds no files")
+        files.extend(sorted(found))
+    return files
+
+
+def hub_revisions(spec: EncoderSpec, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, str | None]:
+    """Hub id -> the commit that the local Hugging Face cache resolves ``main`` to (what an offline load
+    reads), or None where the cache holds no such ref. ``cache_dir`` defaults to huggingface_hub's (which
+    follows HF_HUB_CACHE and HF_HOME). Reads one small file per id: nothing is downloaded.
+    """
+    ids = [hub_id(leaf.weights) for leaf in leaf_specs(spec) if leaf.weights and is_hub_id(leaf.weights)]
+    if not ids:
+        return {}
+    if cache_dir is None:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        cache_dir = HF_HUB_CACHE
+    revisions: dict[str, str | None] = {}
+    for repo in ids:
+        ref = Path(cache_dir) / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+        revisions[repo] = ref.read_text().strip() if ref.is_file() else None
+    return revisions
 
 
 def spec_from_config(name: str, encoders: Mapping[str, Mapping[str, Any]]) -> EncoderSpec:
