@@ -195,4 +195,5 @@ def test_a_benchmark_where_every_setting_scored_the_same_has_no_fit_but_does_not
     assert result.predictions.query("benchmark == 'flat'")["predicted"].eq(37.5).all()
     assert "benchmark 'flat': every scored setting has 37.5; nothing to fit" in capsys.readouterr().err
     summary = summarize(result.r2, {"flat": "vision", "varied": "vision"}).set_index("group")
-    assert summary.loc["vision", "mean_r2"] == pytest.approx(1.0)  # pandas' mean skips the NaN
+    assert summary.loc["vision", "mean_r2"] == pytest.approx(1.0)  # over the one benchmark fitted
+    assert (summary.loc["vision", "fitted"], summary.loc["vision", "benchmarks"]) == (1, 2)

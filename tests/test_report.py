@@ -56,3 +56,22 @@ def test_the_normalised_mean_is_not_swamped_by_a_benchmark_on_another_scale() ->
     assert "| clip | 64.0 | 1400.0 | 732.0 | 91.7 |" in text
     assert "| dino | 58.0 | 1500.0 | 779.0 | 91.7 |" in text
     assert "| sd | 28.0 | 900.0 | 464.0 | 0.0 |" in text
+
+
+def test_the_law_section_names_benchmarks_left_out_of_the_means() -> None:
+    import numpy as np
+
+    from vislaw.law import fit_law, summarize
+    from vislaw.measurements import Measurements
+
+    a, c = np.linspace(0, 1, 6), np.linspace(1, 0, 6) ** 2
+    scores = {"flat": np.full(6, 50.0), "varied": 1 + a + c}
+    table = Measurements(path="m.csv", settings=tuple(f"s{i}" for i in range(6)), c=c, a={b: a for b in scores},
+                         scores=scores, a_columns={b: "A" for b in scores})
+    result = fit_law(table, ["AC_linear"], "AC_linear", seed=0)
+    groups = {"flat": "vision", "varied": "vision"}
+    law = {"r2": result.r2, "summary": summarize(result.r2, groups), "coefficients": result.coefficients,
+           "predictions": result.predictions}
+    text = build_summary("t", "m.csv", groups, "AC_linear", ".", law=law)
+    assert "| AC_linear | 1.000 |" in text  # the mean over the one benchmark fitted
+    assert "Not fitted, and left out of the means: flat (every scored setting has the same score)." in text

@@ -44,7 +44,7 @@ def test_outputs_have_the_documented_columns(v3_run: Path) -> None:
     out = v3_run / "results" / "paper-v3"
     expected = {
         "law/r2.csv": ["benchmark", "features", "r2", "q2_loo", "spearman_loo"],
-        "law/summary.csv": ["features", "group", "mean_r2", "mean_q2_loo"],
+        "law/summary.csv": ["features", "group", "mean_r2", "mean_q2_loo", "fitted", "benchmarks"],
         "law/coefficients.csv": ["benchmark", "features", "term", "value", "stderr"],
         "law/predictions.csv": ["setting", "benchmark", "predicted", "measured"],
         "policy/simulation.csv": ["benchmark", "budget", "recall_at_1", "recall_at_3", "random_recall_at_3",

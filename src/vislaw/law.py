@@ -232,7 +232,8 @@ def summarize(r2: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
     """Mean R^2 and Q^2 per feature set over each benchmark group, and over all benchmarks (group ``all``).
 
     ``groups`` maps benchmark -> group name (``vision``, ``ocr``, ...). Groups keep the order they first
-    appear in; ``all`` comes last.
+    appear in; ``all`` comes last. A benchmark with no fit (every scored setting equal: NaN R^2) is left out
+    of the means; ``fitted`` of ``benchmarks`` says how many a mean is over.
     """
     rows = []
     group_names = list(dict.fromkeys(groups.values()))
@@ -243,5 +244,6 @@ def summarize(r2: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
             chosen = sub[sub["benchmark"].isin(members)]
             if chosen.empty:
                 continue
-            rows.append((features, group, chosen["r2"].mean(), chosen["q2_loo"].mean()))
-    return pd.DataFrame(rows, columns=["features", "group", "mean_r2", "mean_q2_loo"])
+            rows.append((features, group, chosen["r2"].mean(), chosen["q2_loo"].mean(),
+                         int(chosen["r2"].notna().sum()), len(chosen)))
+    return pd.DataFrame(rows, columns=["features", "group", "mean_r2", "mean_q2_loo", "fitted", "benchmarks"])

@@ -164,6 +164,10 @@ def _law_section(law: Mapping[str, pd.DataFrame], groups: Mapping[str, str], pre
     wide.columns = [f"{stat.replace('mean_', '')} {group}" for stat, group in wide.columns]
     wide = wide.reindex(list(dict.fromkeys(summary["features"]))).reset_index()
     lines += [markdown_table(wide), ""]
+    unfitted = list(dict.fromkeys(r2.loc[r2["r2"].isna(), "benchmark"]))
+    if unfitted:
+        lines += [f"Not fitted, and left out of the means: {', '.join(unfitted)} (every scored setting has the "
+                  "same score).", ""]
     lines += [f"Per benchmark, `{predict_with}` (the law used for predictions):", ""]
     per = r2[r2["features"] == predict_with][["benchmark", "r2", "q2_loo", "spearman_loo"]].copy()
     alpha = coefficients[(coefficients["features"] == predict_with) & (coefficients["term"] == "AC")]
