@@ -19,7 +19,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from vislaw.gpu import gpu_job, gpu_slot, lock_path, parse_nvidia_smi_list, parse_visible_devices
+from vislaw.gpu import (
+    POOL_SIZE_ENV,
+    cpu_share,
+    gpu_job,
+    gpu_slot,
+    lock_path,
+    parse_nvidia_smi_list,
+    parse_visible_devices,
+)
+from vislaw.loader import default_workers
 
 FAKE_GPUS = "0,1,2,3"
 TIMEOUT_S = 30.0
@@ -147,6 +156,20 @@ def test_the_slot_sets_and_restores_cuda_visible_devices(tmp_path: Path, monkeyp
             with gpu_slot(devices=["GPU-aaaa"], lock_dir=tmp_path, wait_s=0.3, poll_s=0.1):
                 pass
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-bbbb"
+
+
+def test_a_slots_job_gets_its_devices_share_of_the_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv(POOL_SIZE_ENV, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert cpu_share() == 1 and default_workers(cpu_share()) == 14  # one GPU job feeds its device alone
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", FAKE_GPUS)
+    with gpu_slot(lock_dir=tmp_path):
+        # four extractions may run at once: 16 CPUs / 4 less the GPU-driving and writer threads
+        assert cpu_share() == 4 and default_workers(cpu_share()) == 2
+    assert POOL_SIZE_ENV not in os.environ
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers(8) == 1  # never fewer than one worker
 
 
 @pytest.mark.parametrize("visible", ["", "-1"])

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import IO, ParamSpec, TypeVar
 
 LOCK_DIR_ENV = "VISLAW_GPU_LOCK_DIR"
+# Set by gpu_slot while a job holds a device: how many devices the run's jobs share the machine's CPUs with.
+POOL_SIZE_ENV = "VISLAW_GPU_POOL_SIZE"
 WAIT_ENV = "VISLAW_GPU_WAIT_S"
 DEFAULT_LOCK_DIR = Path(".snakemake") / "gpu-slots"  # relative: Snakemake runs every job in the workdir
 DEFAULT_WAIT_S = 6 * 3600.0  # a job queued behind a long training run may wait hours; it still must not hang
@@ -154,17 +156,31 @@ def release(handle: IO[str]) -> None:
 
 
 @contextlib.contextmanager
-def visible_devices(value: str) -> Iterator[None]:
-    """``CUDA_VISIBLE_DEVICES=value`` inside the block, the previous value (or none) after it."""
-    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = value
+def environment(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in the environment inside the block, the previous value (or none) after it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+            os.environ[name] = previous
+
+
+def visible_devices(value: str) -> contextlib.AbstractContextManager[None]:
+    """``CUDA_VISIBLE_DEVICES=value`` inside the block, the previous value (or none) after it."""
+    return environment("CUDA_VISIBLE_DEVICES", value)
+
+
+def cpu_share() -> int:
+    """How many GPU jobs may share this machine's CPUs: the slot pool's size inside ``gpu_slot`` (each device
+    can run one job at a time), else 1 (a CPU job, or a SLURM job, whose CPUs are its own allocation)."""
+    try:
+        return max(1, int(os.environ.get(POOL_SIZE_ENV, "1")))
+    except ValueError:
+        return 1
 
 
 def cuda_started() -> bool:
@@ -219,7 +235,7 @@ def gpu_slot(devices: Sequence[str] | None = None, lock_dir: str | os.PathLike[s
     try:
         print(f"gpu: took GPU {device} of {','.join(pool)} (CUDA_VISIBLE_DEVICES={device}, "
               f"lock {lock_path(locks, device)})", file=sys.stderr)
-        with visible_devices(device):
+        with visible_devices(device), environment(POOL_SIZE_ENV, str(len(pool))):
             yield device
     finally:
         release(handle)

@@ -22,8 +22,9 @@ from vislaw.data import spair
 from vislaw.data.datasets import conversation_turns, image_set
 from vislaw.encoders.spec import EncoderSpec
 from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
-from vislaw.gpu import gpu_job
+from vislaw.gpu import cpu_share, gpu_job
 from vislaw.io import write_json
+from vislaw.loader import default_workers
 from vislaw.scores.correspondence import CorrespondenceProtocol, score_spair
 
 if TYPE_CHECKING:
@@ -56,11 +57,11 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
         images = image_set(data_dir, dataset)
         print(f"{dataset}: {len(images.ids)} images", file=sys.stderr)
         # decoding threads beside the model: as many as the job's torch threads, so a CPU job stays in
-        # its share of the cores; on a GPU the library's default (worker processes on the usable CPUs
-        # less two) feeds the device. VISLAW_COMPILE: torch.compile mode on a GPU ("auto": from
+        # its share of the cores; on a GPU, worker processes on its share of the usable CPUs (divided among
+        # the machine's GPU slots, as several extractions may run at once) less two. VISLAW_COMPILE: torch.compile mode on a GPU ("auto": from
         # features.COMPILE_MIN_IMAGES images on; "off": never). VISLAW_DECODER: "pil" (default) or "device"
         # (JPEGs decoded on the GPU by nvJPEG: other rounding, see features.extract_to_h5).
-        loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else None
+        loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else default_workers(cpu_share())
         compile_mode = os.environ.get("VISLAW_COMPILE", "auto")
         extract_to_h5(dict(spec), images.paths, out_h5, image_ids=images.ids, batch_size=batch_size,
                       device=device, encoder=encoder, loader_threads=loaders,

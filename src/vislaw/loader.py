@@ -47,13 +47,14 @@ def available() -> bool:
     return hasattr(os, "memfd_create") and sys.platform.startswith("linux")
 
 
-def default_workers() -> int:
-    """The CPUs this process may use, less two (the thread driving the GPU and the HDF5 writer), 1 to 16."""
+def default_workers(share: int = 1) -> int:
+    """The CPUs this process may use, divided among ``share`` jobs that run beside it (one per GPU of the
+    machine), less two (the thread driving the GPU and the HDF5 writer); 1 to 16."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, min(16, cpus - 2))
+    return max(1, min(16, cpus // max(1, share) - 2))
 
 
 class FramingPool:
