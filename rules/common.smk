@@ -14,7 +14,7 @@ from vislaw.measurements import (
     check_enough_scored,
     load_measurements,
 )
-from vislaw.provenance import code_hash
+from vislaw.provenance import checkpoint_files, code_hash
 from vislaw.zoo import MEAN, PATCH, STD, training_config
 
 OUT = f"results/{config['name']}"
@@ -258,6 +258,9 @@ check_commands()
 
 # The MLLM's language model: a user's local checkpoint, or the tiny LM trained on the world's corpus.
 LLM = config["llm"]["weights"] or f"{OUT}/llm"
+# A user's checkpoint's files, as inputs beside the folder: a model saved over it in place leaves the folder's
+# own time as it was, but not its files'. The pretrained LM is a rule's output, tracked by Snakemake already.
+LLM_FILES = [str(path) for path in checkpoint_files(LLM)] if config["llm"]["weights"] else []
 
 
 def a_score_references(wildcards):
@@ -278,6 +281,7 @@ def a_score_inputs(wildcards):
     inputs = {
         "data": f"{OUT}/data",
         "llm": LLM,
+        "llm_files": LLM_FILES,
         "projector": f"{OUT}/projectors/{wildcards.encoder}.pt",
         "features": f"{OUT}/features/{wildcards.encoder}/caption_probe.h5",
     }

@@ -26,6 +26,7 @@ rule train_projector:
     input:
         data=f"{OUT}/data",
         llm=LLM,
+        llm_files=LLM_FILES,
         features=f"{OUT}/features/{{encoder}}/caption_train.h5",
     output:
         f"{OUT}/projectors/{{encoder}}.pt",

@@ -27,6 +27,7 @@ rule train_mllm:
     input:
         data=f"{OUT}/data",
         llm=LLM,
+        llm_files=LLM_FILES,
         projector=f"{OUT}/projectors/{{encoder}}.pt",
         features=f"{OUT}/features/{{encoder}}/caption_train.h5",
     output:

@@ -331,6 +331,24 @@ def test_paper_real_diffusion_settings_extract_through_the_workflow(real_workdir
 
 
 @pytest.mark.workflow
+def test_the_llms_files_are_inputs_of_the_rules_that_load_it(real_workdir: Path) -> None:
+    # A model saved over the folder in place leaves the folder's time unchanged: its files are what tell.
+    llm = real_workdir.parent / "vicuna-files"
+    for name in ("config.json", "model.safetensors", ".cache/huggingface/meta"):
+        (llm / name).parent.mkdir(parents=True, exist_ok=True)
+        (llm / name).write_text(name)
+    preset = _variant(real_workdir, "llm-files.yaml", lambda c: c["llm"].update(weights=str(llm)))
+    setting = next(iter(yaml.safe_load((real_workdir / preset).read_text())["encoders"]))
+    targets = [f"results/real-tiny/projectors/{setting}.pt", f"results/real-tiny/scores/A/{setting}.json"]
+    text = snakemake(real_workdir, "-n", *targets, "--configfile", preset).stdout
+    jobs = {block.split(":", 1)[0]: block for block in text.split("\nrule ")[1:]}
+    for rule in ("train_projector", "a_score"):
+        inputs = next(line for line in jobs[rule].splitlines() if line.strip().startswith("input:"))
+        assert f"{llm / 'config.json'}, {llm / 'model.safetensors'}" in inputs, (rule, inputs)
+        assert ".cache" not in inputs
+
+
+@pytest.mark.workflow
 def test_prepare_rule_writes_the_folder_and_names_a_bad_record(real_workdir: Path) -> None:
     snakemake(real_workdir, "results/real-tiny/data", "--configfile", "presets/real-tiny.yaml")
     data = real_workdir / "results" / "real-tiny" / "data"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vislaw.provenance import code_hash, module_files
+from vislaw.provenance import checkpoint_files, code_hash, module_files
 
 RULES = Path(__file__).resolve().parents[1] / "rules"
 # Writing helpers and job scheduling: editing them cannot change a result, so no rule reruns for them.
@@ -91,3 +91,16 @@ def test_code_hash_changes_with_the_source_and_rejects_unknown_modules() -> None
     assert code_hash("law", "policy") == code_hash("policy", "law", "law")
     with pytest.raises(KeyError, match="vislaw.no_such_module"):
         code_hash("no_such_module")
+
+
+def test_checkpoint_files_are_the_files_a_load_reads(tmp_path: Path) -> None:
+    folder = tmp_path / "vicuna"
+    for name in ("config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "tokenizer/tokenizer.model", ".snakemake_timestamp", ".cache/huggingface/download/x.lock"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    assert checkpoint_files(folder) == [folder / "config.json", folder / "model-00001-of-00002.safetensors",
+                                        folder / "model-00002-of-00002.safetensors",
+                                        folder / "tokenizer" / "tokenizer.model"]
+    assert checkpoint_files(folder / "config.json") == [folder / "config.json"]
+    assert checkpoint_files(tmp_path / "missing") == []  # the rule's own input check names the path

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vislaw.provenance import checkpoint_files
+
 FRAMES = ("pad", "stretch")
 # Kinds whose grid is ``image_size // patch`` cells of a patchifying or strided network: the convolution drops
 # any remainder, so such a grid would cover less than the frame keypoints are mapped into (the diffusers
@@ -191,16 +193,10 @@ def weight_files(spec: EncoderSpec) -> list[Path]:
         path = local_weights(leaf)
         if path is None:
             continue
-        if path.is_file():
-            files.append(path)
-            continue
-        found = [
-            p for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        ]
+        found = checkpoint_files(path)
         if not found:
             raise EncoderConfigError(f"{leaf.key('weights')}: folder {leaf.weights!r} holds no files")
-        files.extend(sorted(found))
+        files.extend(found)
     return files
 
 
