@@ -260,7 +260,9 @@ check_commands()
 LLM = config["llm"]["weights"] or f"{OUT}/llm"
 # A user's checkpoint's files, as inputs beside the folder: a model saved over it in place leaves the folder's
 # own time as it was, but not its files'. The pretrained LM is a rule's output, tracked by Snakemake already.
-LLM_FILES = [str(path) for path in checkpoint_files(LLM)] if config["llm"]["weights"] else []
+LLM_FILES = (
+    [str(path) for path in checkpoint_files(LLM)] if config["llm"]["weights"] else []
+)
 
 
 def a_score_references(wildcards):
@@ -321,10 +323,12 @@ def check_measurements():
         return None  # made by the workflow, checked when read
     try:
         table = load_measurements(config["measurements"], BENCHMARKS)
+        law = config["law"]
         check_enough_scored(
             table,
-            min_points(config["law"]["feature_sets"]),
-            f"the law's feature sets {config['law']['feature_sets']} (config key 'law.feature_sets')",
+            min_points([*law["feature_sets"], law["predict_with"]]),
+            f"the law's feature sets {law['feature_sets']} and predict_with {law['predict_with']!r} "
+            "(config keys 'law.feature_sets', 'law.predict_with')",
         )
     except MeasurementsError as err:
         raise WorkflowError(f"config key 'measurements': {err}") from None
