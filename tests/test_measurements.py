@@ -49,6 +49,9 @@ def test_reads_shared_and_per_benchmark_a_and_candidates(tmp_path: Path) -> None
         ("setting,A,C,B1\nx,1,inf,3\n", r"line 2, column 'C': 'inf' is not a finite number"),
         ("setting,A,C,B1,B1\nx,1,2,3,4\n", r"line 1: duplicate column"),
         ("setting,A,C,B1\n", r"no rows"),
+        # every row one field longer than the header: pandas alone shifts each column onto its neighbour
+        ("setting,A,C,B1\nx,1,2,3,9\ny,1,2,4,9\n", r"line 2: 5 fields but the header has 4"),
+        ("setting,A,C,B1\nx,1,2,3\n\ny,1,2,4,\n", r"line 4: 5 fields but the header has 4 \(a trailing comma"),
     ],
 )
 def test_bad_tables_name_file_line_and_column(tmp_path: Path, text: str, message: str) -> None:

@@ -89,15 +89,27 @@ def load_measurements(path: str | Path, benchmarks: Sequence[str]) -> Measuremen
         raise MeasurementsError(f"measurements file {path!r} does not exist")
     if not benchmarks:
         raise MeasurementsError(f"{path}: no benchmarks are configured (config key 'benchmarks')")
+    # The raw lines first: pandas renames a repeated header ("B1" -> "B1.1"), and its error for a long row
+    # does not say what is wrong
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [c.strip() for c in next(reader, [])]
+            for row in reader:
+                if len(row) > len(header):  # a short row has empty trailing cells; a long one is an error
+                    raise MeasurementsError(
+                        f"{path}, line {reader.line_num}: {len(row)} fields but the header has {len(header)} "
+                        f"(a trailing comma, or a column without a name?)"
+                    )
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise MeasurementsError(f"{path}: not a readable CSV table: {err}") from None
+    try:
+        # index_col=False: else pandas takes the first column as the index when every row has one field
+        # more than the header, shifting every column by one without a word
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise MeasurementsError(f"{path}: not a readable CSV table: {err}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-
-    # pandas renames a repeated header ("B1" -> "B1.1"); the raw header line tells the truth
-    with open(path, newline="", encoding="utf-8") as handle:
-        header = [c.strip() for c in next(csv.reader(handle), [])]
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
         raise MeasurementsError(f"{path}, line 1: duplicate column(s) {duplicated}")
