@@ -126,6 +126,39 @@ def test_caption_loglik_equals_a_manual_loop_over_tokens(tiny_llm: Path) -> None
     assert (batched < 0).all()
 
 
+def test_an_lm_stored_in_half_precision_scores_through_the_fp32_projector(tiny_llm: Path) -> None:
+    # transformers 5 loads a checkpoint in its stored dtype (Vicuna's fp16): the projector (trained, fp32)
+    # reads the features in its dtype and hands the LM embeddings in the LM's
+    llm, tokenizer = load_llm(tiny_llm)
+    features, captions, _ = features_and_captions(3, seed=5)
+    torch.manual_seed(0)
+    projector = Projector(12, 32)
+    full = caption_loglik(llm, projector, tokenizer, features, captions)
+    half = caption_loglik(llm.to(torch.bfloat16), projector, tokenizer, features.half(), captions)
+    assert torch.allclose(half, full, rtol=0.05)
+
+
+def test_a_tokenizer_without_bos_starts_the_sequence_with_the_image(tiny_llm: Path) -> None:
+    from vislaw.train import build_batch
+
+    llm, tokenizer = load_llm(tiny_llm)
+    features, captions, _ = features_and_captions(2, seed=5)
+    torch.manual_seed(0)
+    projector = Projector(12, 32)
+    texts = [tokenize_parts(tokenizer, [TextPart(c, True)], end_with_eos=False) for c in captions]
+    with_bos = caption_loglik(llm, projector, tokenizer, features, captions)
+    tokenizer.bos_token_id = None  # as Qwen2's
+    embeds, labels, scored, attention = build_batch(llm, projector, features, texts, tokenizer)
+    n_visual = projector.n_tokens(features.shape[1])
+    with torch.inference_mode():
+        assert torch.equal(embeds[:, :n_visual], projector(features))
+    for row, (ids, _) in enumerate(texts):
+        assert labels[row, n_visual : n_visual + len(ids)].tolist() == ids
+        assert int(attention[row].sum()) == n_visual + len(ids) and scored[row].sum() == len(ids)
+    without_bos = caption_loglik(llm, projector, tokenizer, features, captions)
+    assert torch.isfinite(without_bos).all() and not torch.allclose(without_bos, with_bos)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_stage2_learns_the_answers_and_option_scoring_picks_them(tiny_llm: Path, precision: str) -> None:
     llm, tokenizer = load_llm(tiny_llm)
@@ -313,6 +346,11 @@ def test_normed_projector_is_scale_free_and_keeps_its_norm_through_save_and_load
     torch.testing.assert_close(loaded(tokens), normed(tokens))
     with pytest.raises(ValueError, match="ln_mlp2x_gelu"):
         projector_to_llava(str(tmp_path / "p.pt"), str(tmp_path / "mm_projector.bin"))
+    # a pooled plain projector's weights would load into LLaVA's and lose the pooling: refused too
+    save_projector(str(tmp_path / "pooled.pt"), plain, {})
+    with pytest.raises(ValueError, match=r"pooling 2x2 tokens has no LLaVA mm_projector.bin form.*stage1.pool: 1"):
+        projector_to_llava(str(tmp_path / "pooled.pt"), str(tmp_path / "mm_projector.bin"))
+    assert not (tmp_path / "mm_projector.bin").exists()
 
 
 def test_length_grouped_batches_cover_the_same_items_with_less_padding() -> None:

@@ -151,6 +151,14 @@ def run_external(command: str, log_path: str | None = None) -> None:
                            f"{proc.stderr[-2000:]}")
 
 
+def _to_job_device(*modules: torch.nn.Module) -> None:
+    """The LM and projectors onto the job's device (its GPU slot's, or the CPU): batches of cached features
+    follow them there (`vislaw.train.build_batch`)."""
+    device = device_for_job()
+    for module in modules:
+        module.to(device)
+
+
 def _resolved(config: TrainConfig, llm: torch.nn.Module, section: str) -> TrainConfig:
     """``config`` with its precision resolved for the LM's device, so the record says what ran."""
     from dataclasses import replace
@@ -200,6 +208,7 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
                                              llm.get_input_embeddings().embedding_dim)
         record.update({"mode": "external", "command": line, "loss": []})
     else:
+        _to_job_device(llm)
         config = _resolved(TrainConfig(**{k: v for k, v in settings.items()
                                           if k not in ("command", "pool", "pool_grid", "projector")}), llm, "stage1")
         pool = pool_stride(features.shape[1], settings.get("pool_grid")) if settings.get("pool_grid") \
@@ -237,8 +246,11 @@ def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: 
     out: dict[str, Any] = {"n_probe": len(records)}
     if method == "caption_loglik":
         llm, tokenizer = load_llm(llm_dir, key="llm.weights")
+        _to_job_device(llm, projector)
         per_pair = caption_loglik(llm, projector, tokenizer, features, [r["caption"] for r in records])
-        out.update({"A": float(per_pair.mean()), "per_pair_std": float(per_pair.std())})
+        # one probe pair has no spread (torch's std of one value is NaN, which JSON cannot hold)
+        spread = float(per_pair.std()) if len(per_pair) > 1 else None
+        out.update({"A": float(per_pair.mean()), "per_pair_std": spread})
     elif method == "cosine_to_reference":
         with torch.inference_mode():
             targets = list(projector(features))
@@ -300,6 +312,7 @@ def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_p
     llm, tokenizer = load_llm(llm_dir, key="llm.weights")
     projector, _ = load_projector(projector_pt)
     features = _cached_tokens(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records])
+    _to_job_device(llm, projector)
     config = _resolved(TrainConfig(**{k: v for k, v in settings.items() if k != "command"}), llm, "stage2")
     losses = fit(llm, projector, tokenizer, features, [_qa_turns(r) for r in records], config)
     print(f"stage 2: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
@@ -335,6 +348,7 @@ def evaluate(spec: Mapping[str, Any], data_dir: str, mllm_dir: str, features_h5:
 
         records = qa_test_records(data_dir, benchmark)
         llm, tokenizer, projector = load_mllm(mllm_dir)
+        _to_job_device(llm, projector)
         features = _cached_tokens(spec, data_dir, "qa_test", features_h5, [r["image"] for r in records]).float()
         # What the prompt asks for: the option's letter (LLaVA-1.5, the default) or its text (the mini-world)
         by_text = [r.get("answer_format", "letter") == "option" for r in records]

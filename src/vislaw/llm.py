@@ -163,7 +163,9 @@ def load_llm(path: str | Path, key: str = "llm.weights") -> tuple[torch.nn.Modul
     else:
         from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        # float32 explicitly, as the lean path loads: transformers 5 keeps a checkpoint's stored dtype (fp16 for
+        # Vicuna), and vislaw scores in fp32 (training autocasts to bf16 where `precision` says so)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

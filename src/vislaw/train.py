@@ -157,6 +157,11 @@ def tokenize_turns(tokenizer: Tokenizer, turns: Sequence[tuple[str, str]]) -> tu
     return ids, scored
 
 
+def bos_tokens(tokenizer: Tokenizer) -> int:
+    """1 where sequences start with the tokenizer's ``<s>``, 0 where it has none."""
+    return 0 if tokenizer.bos_token_id is None else 1
+
+
 def build_batch(
     llm: nn.Module,
     projector: Projector,
@@ -164,27 +169,33 @@ def build_batch(
     texts: Sequence[tuple[list[int], list[bool]]],
     tokenizer: Tokenizer,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Input embeddings ``<s> [visual] text`` right-padded, with labels, score mask and attention mask.
+    """Input embeddings ``<s> [visual] text`` right-padded, with labels, score mask and attention mask; without
+    ``<s>`` for a tokenizer that has none (Qwen2's: LLaVA's Qwen templates start with the image).
 
     Returns (embeds (B, L, H), labels (B, L), scored (B, L) bool, attention (B, L) long).
     """
-    device = visual.device
     embed = llm.get_input_embeddings()
-    visual_embeds = projector(visual.to(embed.weight.dtype))
+    device = embed.weight.device
+    # Features come from the cache on the CPU, one batch at a time, to the LM's device; the projector reads
+    # them in its own dtype (float32: it is trained) and hands the LM its dtype (a checkpoint may be fp16).
+    projector_dtype = next(projector.parameters()).dtype
+    visual_embeds = projector(visual.to(device=device, dtype=projector_dtype)).to(embed.weight.dtype)
     batch, n_visual = visual_embeds.shape[0], visual_embeds.shape[1]
-    lengths = [1 + n_visual + len(ids) for ids, _ in texts]
+    prefix = bos_tokens(tokenizer)
+    lengths = [prefix + n_visual + len(ids) for ids, _ in texts]
     width = max(lengths)
     labels = torch.full((batch, width), tokenizer.pad_token_id, dtype=torch.long, device=device)
     scored = torch.zeros((batch, width), dtype=torch.bool, device=device)
     attention = torch.zeros((batch, width), dtype=torch.long, device=device)
-    labels[:, 0] = tokenizer.bos_token_id
+    if prefix:
+        labels[:, 0] = tokenizer.bos_token_id
     for row, (ids, flags) in enumerate(texts):
-        start = 1 + n_visual
+        start = prefix + n_visual
         labels[row, start : start + len(ids)] = torch.tensor(ids, device=device)
         scored[row, start : start + len(ids)] = torch.tensor(flags, device=device)
         attention[row, : lengths[row]] = 1
     text_embeds = embed(labels)
-    embeds = torch.cat([text_embeds[:, :1], visual_embeds, text_embeds[:, 1 + n_visual :]], dim=1)
+    embeds = torch.cat([text_embeds[:, :prefix], visual_embeds, text_embeds[:, prefix + n_visual :]], dim=1)
     return embeds, labels, scored, attention
 
 
@@ -206,7 +217,7 @@ def sequence_logliks(
     embeds, labels, scored, attention = build_batch(llm, projector, visual, texts, tokenizer)
     first = [flags.index(True) for _, flags in texts if True in flags]  # within each text part
     n_visual = projector.n_tokens(visual.shape[1])
-    keep = labels.shape[1] - (1 + n_visual + min(first)) + 1 if first else labels.shape[1]
+    keep = labels.shape[1] - (bos_tokens(tokenizer) + n_visual + min(first)) + 1 if first else labels.shape[1]
     return token_logliks(_logits(llm, embeds, attention, keep), labels[:, -keep:], scored[:, -keep:])
 
 
@@ -296,7 +307,9 @@ def train_projector(
     if len(features) != len(captions):
         raise ValueError(f"{len(features)} feature rows but {len(captions)} captions")
     torch.manual_seed(config.seed)
-    projector = Projector(features.shape[-1], llm.get_input_embeddings().embedding_dim, pool=pool, norm=norm)
+    embed = llm.get_input_embeddings()
+    projector = Projector(features.shape[-1], embed.embedding_dim, pool=pool, norm=norm)
+    projector.to(embed.weight.device)  # initialised on the CPU first: the same draws on every device
     llm.requires_grad_(False)
     texts = [tokenize_parts(tokenizer, [TextPart(c, True)]) for c in captions]
 
@@ -391,7 +404,7 @@ def score_options(
 
 def _projector_blob(projector: Projector, record: dict) -> dict:
     """What a projector file holds (stage 1's file and the MLLM folder's): weights, shape, pooling, record."""
-    return {"state_dict": projector.state_dict(), "in_dim": projector.in_dim, "out_dim": projector.out_dim,
+    return {"state_dict": {k: v.cpu() for k, v in projector.state_dict().items()}, "in_dim": projector.in_dim, "out_dim": projector.out_dim,
             "pool": projector.pool, "norm": projector.normed, "record": record}
 
 
@@ -436,6 +449,11 @@ def projector_to_llava(projector_pt: str, path: str) -> None:
     if projector.normed:
         raise ValueError(f"{projector_pt}: an ln_mlp2x_gelu projector has no LLaVA mm_projector.bin form; train "
                          "stage 1 with stage1.projector: mlp2x_gelu for LLaVA's finetune script")
+    if projector.pool != 1:
+        # the weights would load (pooling has none) and LLaVA would feed them every unpooled token
+        raise ValueError(f"{projector_pt}: a projector pooling {projector.pool}x{projector.pool} tokens has no "
+                         "LLaVA mm_projector.bin form; train stage 1 with stage1.pool: 1 (and no pool_grid) for "
+                         "LLaVA's finetune script")
     state = {f"model.mm_projector.{k[len('net.'):]}": v for k, v in projector.state_dict().items()}
     torch.save(state, path)
 
@@ -471,7 +489,7 @@ def generate_answers(
             embeds, _, _, attention = build_batch(llm, projector, features[active], texts, tokenizer)
             logits = llm(inputs_embeds=embeds, attention_mask=attention).logits
             last = attention.sum(dim=1) - 1
-            for r, next_id in zip(active, logits[torch.arange(len(active)), last].argmax(dim=-1).tolist()):
+            for r, next_id in zip(active, logits[torch.arange(len(active), device=logits.device), last].argmax(dim=-1).tolist()):
                 if next_id == tokenizer.eos_token_id:
                     finished[r] = True
                 else:
