@@ -197,3 +197,12 @@ def test_a_benchmark_where_every_setting_scored_the_same_has_no_fit_but_does_not
     summary = summarize(result.r2, {"flat": "vision", "varied": "vision"}).set_index("group")
     assert summary.loc["vision", "mean_r2"] == pytest.approx(1.0)  # over the one benchmark fitted
     assert (summary.loc["vision", "fitted"], summary.loc["vision", "benchmarks"]) == (1, 2)
+
+
+def test_the_predicting_law_is_in_the_tables_even_when_not_listed() -> None:
+    # law.predict_with outside law.feature_sets: the plots and the report read its R^2 and coefficients
+    a, c = np.linspace(0, 1, 9), np.linspace(1, 0, 9) ** 2
+    result = fit_law(_table(a, c, {"b": 1 + a + c + a * c}), ["AC_linear"], "AC_poly", seed=0)
+    assert list(dict.fromkeys(result.r2["features"])) == ["AC_linear", "AC_poly"]
+    assert result.r2.set_index("features").loc["AC_poly", "r2"] == pytest.approx(1.0)
+    assert set(result.coefficients.query("features == 'AC_poly'")["term"]) == {"const", "A", "C", "A2", "AC", "C2"}

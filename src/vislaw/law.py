@@ -168,13 +168,17 @@ def fit_law(
     predict_with: str,
     seed: int,
 ) -> LawResult:
-    """Fit every feature set on every benchmark, and predict every setting's scores with ``predict_with``."""
+    """Fit every feature set on every benchmark, and predict every setting's scores with ``predict_with``.
+
+    The tables hold ``feature_sets`` and ``predict_with`` (listed or not: the plots and the report show the
+    law that makes the predictions)."""
     unknown = [f for f in [*feature_sets, predict_with] if f not in FEATURE_SETS]
     if unknown:
         raise KeyError(f"law: unknown feature set(s) {unknown}; known: {sorted(FEATURE_SETS)}")
     if predict_with.startswith("random_"):
         raise ValueError(f"law.predict_with: {predict_with!r} is a random baseline and predicts nothing")
-    check_enough_scored(measurements, min_points(feature_sets), f"the law's feature sets {list(feature_sets)}")
+    feature_sets = list(dict.fromkeys([*feature_sets, predict_with]))
+    check_enough_scored(measurements, min_points(feature_sets), f"the law's feature sets {feature_sets}")
 
     r2_rows, coef_rows, pred_rows, norm_rows = [], [], [], []
     for benchmark in measurements.benchmarks:
@@ -199,19 +203,17 @@ def fit_law(
         for quantity, values in (("A", a_all[scored]), ("C", c_all[scored]), ("score", y_all[scored])):
             norm_rows.append((benchmark, quantity, float(values.min()), float(values.max())))
         fits = {}
-        for features in dict.fromkeys([*feature_sets, predict_with]):
+        for features in feature_sets:
             if features.startswith("random_"):
                 fa, fc = random_features(seed, benchmark, len(y))
             else:
                 fa, fc = a, c
             fit = fit_features(benchmark, features, fa, fc, y)
             fits[features] = fit
-            if features in feature_sets:
-                r2_rows.append((benchmark, features, fit.r2, fit.q2_loo, fit.spearman_loo))
-                coef_rows.extend(
-                    (benchmark, features, term, value, err)
-                    for term, value, err in zip(fit.terms, fit.params, fit.stderr)
-                )
+            r2_rows.append((benchmark, features, fit.r2, fit.q2_loo, fit.spearman_loo))
+            coef_rows.extend(
+                (benchmark, features, term, value, err) for term, value, err in zip(fit.terms, fit.params, fit.stderr)
+            )
         best = fits[predict_with]
         x_all = design_matrix(minmax(a_all, a_all[scored]), minmax(c_all, c_all[scored]), best.terms)
         lo, hi = float(y_all[scored].min()), float(y_all[scored].max())
