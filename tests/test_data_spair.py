@@ -150,3 +150,41 @@ def test_category_must_match_file_name(fixture_copy: Path):
     bad.write_text(bad.read_text().replace('"category": "cat"', '"category": "dog"'))
     with pytest.raises(spair.SpairFormatError, match="differs from the file name"):
         spair.load_pairs(fixture_copy, "val")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        # a JSON null would become NaN and corrupt C without a word
+        ('"src_kps": [[2, 1], [5, 2]]', '"src_kps": [[2, null], [5, 2]]', "field 'src_kps' holds a null"),
+        # [x, y, visible] triples must not be regrouped into pairs
+        ('"src_kps": [[2, 1], [5, 2]]', '"src_kps": [[2, 1, 1], [5, 2, 1]]',
+         r"field 'src_kps' should be a list of \[x, y\] points, got shape \[2, 3\]"),
+        ('"src_kps": [[2, 1], [5, 2]]', '"src_kps": [2, 1, 5, 2]', r"got shape \[4\]"),
+        # an inverted box makes PCK's threshold negative: every keypoint would count as wrong
+        ('"trg_bndbox": [2, 1, 7, 5]', '"trg_bndbox": [7, 5, 2, 1]', "field 'trg_bndbox' is not a box with x2 > x1"),
+        ('"trg_bndbox": [2, 1, 7, 5]', '"trg_bndbox": [2, null, 7, 5]', "field 'trg_bndbox' holds a null"),
+        ('"trg_bndbox": [2, 1, 7, 5]', '"trg_bndbox": "x"', r"field 'trg_bndbox' should be \[x1, y1, x2, y2\]"),
+        ('"src_imsize": [8, 6, 3]', '"src_imsize": [null, 6, 3]', "field 'src_imsize' should be"),
+        ('"kps_ids": ["1", "4"]', '"kps_ids": ["a", "b"]', "field 'kps_ids' should be an integer, got 'a'"),
+        ('"pair_id": 5', '"pair_id": "five"', "field 'pair_id' should be an integer, got 'five'"),
+        ('"mirror": 0', '"mirror": null', "field 'mirror' should be an integer, got None"),
+    ],
+)
+def test_bad_values_are_named_with_their_file_and_field(fixture_copy: Path, old: str, new: str, message: str):
+    bad = fixture_copy / "PairAnnotation" / "test" / "000005-2010_003381-2007_000528:cat.json"
+    assert old in bad.read_text()
+    bad.write_text(bad.read_text().replace(old, new))
+    with pytest.raises(spair.SpairFormatError, match=message) as err:
+        spair.load_pairs(fixture_copy, "test")
+    assert str(bad) in str(err.value)
+
+
+def test_an_image_of_another_size_than_annotated_is_named(fixture_copy: Path):
+    # keypoints are framed through the annotated size: a resized copy of the image would misplace them all
+    image = fixture_copy / "JPEGImages" / "cat" / "2007_000528.jpg"
+    Image.open(image).resize((16, 12)).save(image)
+    with pytest.raises(spair.SpairFormatError, match=r"trg_imsize says 8x6 \(width x height\) but .*2007_000528"
+                                                     r"\.jpg is 16x12") as err:
+        spair.load_pairs(fixture_copy, "test")
+    assert "000005-2010_003381-2007_000528:cat.json" in str(err.value)

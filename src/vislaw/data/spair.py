@@ -134,26 +134,52 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _points(path: Path, data: dict[str, Any], field: str) -> np.ndarray:
+def _numbers(path: Path, data: dict[str, Any], field: str, what: str) -> np.ndarray:
+    """``data[field]`` as finite float64s; an error naming the file and field otherwise (a JSON null would
+    become NaN, and a NaN keypoint or box corrupts C without a word)."""
     try:
-        points = np.asarray(data[field], dtype=np.float64).reshape(-1, 2)
+        values = np.asarray(data[field], dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise SpairFormatError(f"{path}: field {field!r} is not a list of [x, y] points") from err
+        raise SpairFormatError(f"{path}: field {field!r} should be {what}, got {data[field]!r}") from err
+    if not np.isfinite(values).all():
+        raise SpairFormatError(f"{path}: field {field!r} holds a null or non-finite value: {data[field]!r}")
+    return values
+
+
+def _points(path: Path, data: dict[str, Any], field: str) -> np.ndarray:
+    points = _numbers(path, data, field, "a list of [x, y] points")
+    if points.size == 0:
+        return points.reshape(0, 2)
+    if points.ndim != 2 or points.shape[1] != 2:  # never regrouped: [x, y, v] triples are not pairs
+        raise SpairFormatError(f"{path}: field {field!r} should be a list of [x, y] points, got shape "
+                               f"{list(points.shape)}")
     return points
 
 
 def _box(path: Path, data: dict[str, Any], field: str) -> np.ndarray:
-    box = np.asarray(data[field], dtype=np.float64)
+    box = _numbers(path, data, field, "[x1, y1, x2, y2]")
     if box.shape != (4,):
         raise SpairFormatError(f"{path}: field {field!r} should be [x1, y1, x2, y2], got {data[field]!r}")
+    if box[2] <= box[0] or box[3] <= box[1]:  # PCK's threshold is the box's larger side
+        raise SpairFormatError(f"{path}: field {field!r} is not a box with x2 > x1 and y2 > y1: {data[field]!r}")
     return box
 
 
 def _size(path: Path, data: dict[str, Any], field: str) -> tuple[int, int]:
     size = data[field]
-    if not isinstance(size, list) or len(size) < 2:
+    if (not isinstance(size, list) or len(size) < 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size[:2])):
         raise SpairFormatError(f"{path}: field {field!r} should be [width, height, channels], got {size!r}")
     return (int(size[0]), int(size[1]))
+
+
+def _integer(path: Path, field: str, value: Any) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    except (TypeError, ValueError):
+        raise SpairFormatError(f"{path}: field {field!r} should be an integer, got {value!r}") from None
 
 
 def image_path(root: str | os.PathLike[str], category: str, imname: str) -> Path:
@@ -178,13 +204,18 @@ def read_pair(path: str | os.PathLike[str], root: str | os.PathLike[str], split:
         )
     if len(src_kps) == 0:
         raise SpairFormatError(f"{path}: the pair has no keypoints")
-    kps_ids = np.asarray([int(k) for k in data.get("kps_ids", range(len(src_kps)))], dtype=np.int64)
+    raw_ids = data.get("kps_ids", list(range(len(src_kps))))
+    if not isinstance(raw_ids, list):
+        raise SpairFormatError(f"{path}: field 'kps_ids' should be a list of integers, got {raw_ids!r}")
+    kps_ids = np.asarray([_integer(path, "kps_ids", k) for k in raw_ids], dtype=np.int64)
     if len(kps_ids) != len(src_kps):
         raise SpairFormatError(f"{path}: {len(kps_ids)} kps_ids for {len(src_kps)} keypoints")
-    pair_id = data.get("pair_id", path.stem.split("-")[0])
+    # SPair's file names start with the pair id ("000123-2008_000.....json"), which a file without the field uses
+    pair_id = _integer(path, "pair_id" if "pair_id" in data else "pair_id (from the file name)",
+                       data.get("pair_id", path.stem.split("-")[0]))
     return SpairPair(
         name=path.stem,
-        pair_id=int(pair_id),
+        pair_id=pair_id,
         split=split,
         category=category,
         src_imname=str(data["src_imname"]),
@@ -198,7 +229,7 @@ def read_pair(path: str | os.PathLike[str], root: str | os.PathLike[str], split:
         kps_ids=kps_ids,
         src_bbox=_box(path, data, "src_bndbox"),
         trg_bbox=_box(path, data, "trg_bndbox"),
-        **{field: int(data.get(field, 0)) for field in DIFFICULTY_FIELDS},
+        **{field: _integer(path, field, data.get(field, 0)) for field in DIFFICULTY_FIELDS},
     )
 
 
@@ -211,18 +242,32 @@ def load_pairs(
 ) -> list[SpairPair]:
     """All pairs of a split (sorted by file name), optionally of some categories only.
 
-    With ``check_images`` every referenced image must exist; the error names the pair file and the image.
+    With ``check_images`` every referenced image must exist and have the size its annotation gives (keypoints
+    are mapped into the framed image through that size: a resized copy would misplace every one); the error
+    names the pair file and the image. Only the images' headers are read.
     """
+    from PIL import Image, UnidentifiedImageError
+
     pairs = [read_pair(path, root, split) for path in pair_files(root, split, categories)]
     if check_images:
         seen: set[Path] = set()
         for pair in pairs:
-            for image in (pair.src_image, pair.trg_image):
-                if image not in seen:
-                    if not image.is_file():
-                        pair_file = Path(root) / "PairAnnotation" / split / f"{pair.name}.json"
-                        raise SpairNotFoundError(f"{pair_file}: image {image} does not exist")
-                    seen.add(image)
+            pair_file = Path(root) / "PairAnnotation" / split / f"{pair.name}.json"
+            for image, size, field in ((pair.src_image, pair.src_size, "src_imsize"),
+                                       (pair.trg_image, pair.trg_size, "trg_imsize")):
+                if image in seen:
+                    continue
+                if not image.is_file():
+                    raise SpairNotFoundError(f"{pair_file}: image {image} does not exist")
+                try:
+                    with Image.open(image) as opened:
+                        actual = opened.size
+                except (OSError, UnidentifiedImageError) as err:
+                    raise SpairFormatError(f"{pair_file}: image {image} is not a readable image: {err}") from None
+                if actual != size:
+                    raise SpairFormatError(f"{pair_file}: {field} says {size[0]}x{size[1]} (width x height) but "
+                                           f"{image} is {actual[0]}x{actual[1]}")
+                seen.add(image)
     return pairs
 
 
