@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from vislaw.data import spair
 from vislaw.data.datasets import CORPUS_FILE, image_set, qa_skills, read_corpus, read_records
-from vislaw.data.prepare import DataSourceError, check_source, prepare_data
+from vislaw.data.prepare import PROBE_DRAW, DataSourceError, check_source, prepare_data
 from vislaw.data.text import mc_prompt
 
 from .conftest import REPO, copy_workflow, planned_rules, snakemake
@@ -133,6 +134,11 @@ def test_draws_are_seeded_and_the_probe_does_not_move_with_n_train(source: dict[
     a, b, c = (image_set(tmp_path / x, "caption_probe").ids for x in "abc")
     assert a == b and a != c
     assert len(image_set(tmp_path / "b", "caption_train").ids) == N_CAPTIONS
+    # the probe keeps the order drawn, so A's first a_score.n_probe pairs are a random draw, not the file's start
+    drawn = np.random.default_rng([0, PROBE_DRAW]).choice(N_CAPTIONS, size=4, replace=False)
+    assert drawn.tolist() != sorted(drawn.tolist())
+    probe = read_records(tmp_path / "a" / "captions" / "probe.json")
+    assert [r["caption"] for r in probe] == [f"a plain picture number {i}" for i in drawn]
 
 
 def test_a_probe_file_replaces_the_draw(source: dict[str, Any], tmp_path: Path) -> None:

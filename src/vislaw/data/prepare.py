@@ -257,9 +257,11 @@ def read_multiple_choice(path: str | os.PathLike[str], key: str, benchmark: str)
 # ------------------------------------------------------------------------------------------ selection
 
 
-def _draw(n_total: int, n: int, seed: int, stream: int) -> list[int]:
-    """``n`` distinct record indices, seeded, in file order (the same for every encoder and every rerun)."""
-    return sorted(int(i) for i in np.random.default_rng([seed, stream]).choice(n_total, size=n, replace=False))
+def _draw(n_total: int, n: int, seed: int, stream: int, file_order: bool = True) -> list[int]:
+    """``n`` distinct record indices, seeded (the same for every encoder and every rerun), in file order or in
+    the order drawn (so that any first k of them are a random draw too)."""
+    drawn = [int(i) for i in np.random.default_rng([seed, stream]).choice(n_total, size=n, replace=False)]
+    return sorted(drawn) if file_order else drawn
 
 
 def _check_unique_images(records: list[dict[str, Any]], where: _Where, what: str) -> None:
@@ -304,7 +306,10 @@ def caption_sets(data: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[di
         if captions["n_probe"] > len(source):
             raise DataSourceError(f"config key 'data.captions.n_probe': {captions['n_probe']} probe pairs asked, "
                                   f"but {captions['train']} holds {len(source)} records")
-        probe = [source[i] for i in _draw(len(source), captions["n_probe"], captions["seed"], PROBE_DRAW)]
+        # in the order drawn: A reads the probe's first a_score.n_probe pairs, which in file order would come
+        # from the file's start whenever fewer are read than drawn
+        probe = [source[i] for i in _draw(len(source), captions["n_probe"], captions["seed"], PROBE_DRAW,
+                                          file_order=False)]
     for records, where, what in ((train, train_where, "caption_train"), (probe, probe_where, "caption_probe")):
         _check_unique_images(records, where, what)
         _check_images_exist(records, captions["image_root"], where, "data.captions.image_root")
