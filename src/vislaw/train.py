@@ -92,6 +92,9 @@ class TrainConfig:
     seed: int = 0
     group_by_length: int = 0  # > 1: batches of similar length, sorted within runs of this many batches
     precision: str = "fp32"  # the forward pass's matrix products: fp32, bf16 (autocast) or auto (PRECISIONS)
+    # The loss over a batch: "token", the mean over all its scored tokens (LLaVA's: transformers' causal-LM
+    # loss), or "sequence", each sequence's mean, then their mean (a short caption weighs as a long one)
+    loss_average: str = "token"
 
 
 # auto: bf16 where the device multiplies bf16 in hardware. Without it a CPU emulates bf16 products, 2.5-25x slower
@@ -221,6 +224,28 @@ def sequence_logliks(
     return token_logliks(_logits(llm, embeds, attention, keep), labels[:, -keep:], scored[:, -keep:])
 
 
+LOSS_AVERAGES = ("token", "sequence")
+
+
+def batch_loss(
+    llm: nn.Module,
+    projector: Projector,
+    visual: torch.Tensor,
+    texts: Sequence[tuple[list[int], list[bool]]],
+    tokenizer: Tokenizer,
+    average: str = "token",
+) -> torch.Tensor:
+    """The training loss of a batch: minus the mean log-likelihood of its scored tokens (``average="token"``)
+    or of its sequences' means (``"sequence"``)."""
+    means = sequence_logliks(llm, projector, visual, texts, tokenizer)
+    if average == "sequence":
+        return -means.mean()
+    if average != "token":
+        raise ValueError(f"loss_average: {average!r} is not one of {', '.join(LOSS_AVERAGES)}")
+    counts = torch.tensor([sum(flags) for _, flags in texts], dtype=means.dtype, device=means.device)
+    return -(means * counts).sum() / counts.sum()
+
+
 def _logits(llm: nn.Module, embeds: torch.Tensor, attention: torch.Tensor, keep: int) -> torch.Tensor:
     """Logits at the last ``keep`` positions (B, keep, V): transformers' ``logits_to_keep`` where the model
     takes it, else all logits, sliced."""
@@ -314,7 +339,8 @@ def train_projector(
     texts = [tokenize_parts(tokenizer, [TextPart(c, True)]) for c in captions]
 
     def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
-        return -sequence_logliks(llm, projector, features[index], [texts[i] for i in index], tokenizer).mean()
+        return batch_loss(llm, projector, features[index], [texts[i] for i in index], tokenizer,
+                          config.loss_average)
 
     losses = _fit(list(projector.parameters()), loss_of_batch, len(captions), config, "stage1", log,
                   [len(ids) for ids, _ in texts])
@@ -363,7 +389,8 @@ def train_mllm(
     texts = [tokenize_turns(tokenizer, turns) for turns in conversations]
 
     def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
-        return -sequence_logliks(llm, projector, features[index], [texts[i] for i in index], tokenizer).mean()
+        return batch_loss(llm, projector, features[index], [texts[i] for i in index], tokenizer,
+                          config.loss_average)
 
     parameters = list(projector.parameters()) + [p for p in llm.parameters() if p.requires_grad]
     losses = _fit(parameters, loss_of_batch, len(conversations), config, "stage2", log,
