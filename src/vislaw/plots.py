@@ -23,6 +23,8 @@ from vislaw.law import design_matrix  # noqa: E402
 from vislaw.measurements import Measurements  # noqa: E402
 
 _GROUP_COLOURS = {"vision": "#1f77b4", "ocr": "#ff7f0e", "all": "#7f7f7f"}
+# The R^2 plot's lowest value: a poor law's Q^2 can be -5, which would flatten every other bar
+_R2_AXIS_FLOOR = -1.5
 
 
 def _panel_grid(n: int, width: float = 3.6, height: float = 3.3) -> tuple[plt.Figure, np.ndarray]:
@@ -40,29 +42,68 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
+def _setting_numbers(settings: Sequence[str]) -> dict[str, int]:
+    """Each setting's number on the plots (1, 2, ... in table order): names overlap where points crowd."""
+    return {name: i + 1 for i, name in enumerate(dict.fromkeys(settings))}
+
+
+def _key_text(numbers: Mapping[str, int], width: int = 150) -> str:
+    """``1 name · 2 name · ...``, wrapped into lines of about ``width`` characters."""
+    lines, line = [], ""
+    for name, number in numbers.items():
+        item = f"{number} {name}"
+        if line and len(line) + 3 + len(item) > width:
+            lines.append(line)
+            line = item
+        else:
+            line = f"{line}  ·  {item}" if line else item
+    return "\n".join([*lines, line])
+
+
+def _label_points(ax: plt.Axes, names: Sequence[str], x: np.ndarray, y: np.ndarray, numbers: Mapping[str, int],
+                  **text) -> None:
+    """Label points by number; points that (nearly) coincide share one label ("3,7"), so none hides another.
+
+    Labels sit up-right of their point, or up-left in the right fifth of the axes (clear of a colorbar)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    near_x, near_y = 0.03 * (x1 - x0), 0.04 * (y1 - y0)
+    done: set[int] = set()
+    for i in range(len(names)):
+        if i in done or not (np.isfinite(x[i]) and np.isfinite(y[i])):
+            continue
+        group = [j for j in range(i, len(names)) if j not in done and np.isfinite(x[j]) and np.isfinite(y[j])
+                 and abs(x[j] - x[i]) <= near_x and abs(y[j] - y[i]) <= near_y]
+        done.update(group)
+        label = ",".join(str(numbers[names[j]]) for j in group)
+        right = x[i] > x0 + 0.8 * (x1 - x0)
+        ax.annotate(label, (x[i], y[i]), xytext=(-3 if right else 3, 3), textcoords="offset points",
+                    ha="right" if right else "left", **text)
+
+
 def plot_measured_vs_predicted(
     predictions: pd.DataFrame, r2: pd.DataFrame, features: str, out_png: str | Path
 ) -> None:
     """Per benchmark: measured score against the law's in-sample prediction, settings labelled."""
     benchmarks = list(dict.fromkeys(predictions["benchmark"]))
+    numbers = _setting_numbers(predictions["setting"])
     fig, axes = _panel_grid(len(benchmarks))
     for ax, benchmark in zip(axes, benchmarks):
         sub = predictions[predictions["benchmark"] == benchmark]
         scored = sub[sub["measured"].notna()]
         candidates = sub[sub["measured"].isna()]
         ax.scatter(scored["predicted"], scored["measured"], s=22, color="#1f77b4", zorder=3, label="scored")
-        for _, row in scored.iterrows():
-            ax.annotate(row["setting"], (row["predicted"], row["measured"]), fontsize=6, xytext=(2, 2),
-                        textcoords="offset points")
         lo = min(scored["predicted"].min(), scored["measured"].min())
         hi = max(scored["predicted"].max(), scored["measured"].max())
         pad = 0.05 * (hi - lo)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, ls="--", zorder=1)
+        _label_points(ax, list(scored["setting"]), scored["predicted"].to_numpy(), scored["measured"].to_numpy(),
+                      numbers, fontsize=7)
         if not candidates.empty:
             for _, row in candidates.iterrows():
                 ax.axvline(row["predicted"], color="#d62728", lw=0.8, alpha=0.6)
-                ax.annotate(f"{row['setting']} (candidate)", (row["predicted"], lo), fontsize=6, rotation=90,
-                            color="#d62728", xytext=(2, 2), textcoords="offset points")
+                ax.annotate(f"{numbers[row['setting']]} (candidate)", (row["predicted"], lo), fontsize=6,
+                            rotation=90, color="#d62728", xytext=(2, 2), textcoords="offset points")
         fit = r2[(r2["benchmark"] == benchmark) & (r2["features"] == features)].iloc[0]
         ax.set_title(f"{benchmark}\nR$^2$={fit['r2']:.3f}  Q$^2_{{LOO}}$={fit['q2_loo']:.3f}", fontsize=9)
         ax.set_xlabel(f"predicted ({features})", fontsize=8)
@@ -70,6 +111,7 @@ def plot_measured_vs_predicted(
         ax.tick_params(labelsize=7)
     fig.suptitle("AC law: measured vs predicted benchmark scores", fontsize=11)
     fig.tight_layout()
+    fig.text(0.5, 0, _key_text(numbers), ha="center", va="top", fontsize=8)
     _save(fig, out_png)
 
 
@@ -82,9 +124,8 @@ def plot_law_surfaces(
 ) -> None:
     """Per benchmark: the fitted score over normalised (A, C), settings marked and coloured by measured score."""
     benchmarks = list(measurements.benchmarks)
+    numbers = _setting_numbers(measurements.settings)
     fig, axes = _panel_grid(len(benchmarks), width=3.9, height=3.4)
-    grid = np.linspace(-0.05, 1.05, 111)
-    ga, gc = np.meshgrid(grid, grid)
     for ax, benchmark in zip(axes, benchmarks):
         coef = coefficients[(coefficients["benchmark"] == benchmark) & (coefficients["features"] == features)]
         norm = normalisation[normalisation["benchmark"] == benchmark].set_index("quantity")
@@ -93,6 +134,12 @@ def plot_law_surfaces(
                     transform=ax.transAxes, fontsize=8)
             ax.set_title(benchmark, fontsize=9)
             continue
+        a = (measurements.a[benchmark] - norm.loc["A", "min"]) / (norm.loc["A", "max"] - norm.loc["A", "min"])
+        c = (measurements.c - norm.loc["C", "min"]) / (norm.loc["C", "max"] - norm.loc["C", "min"])
+        # The scored settings span [0, 1]; candidates, normalised by them, may lie outside: the axes take them in
+        a_range = (min(0.0, np.nanmin(a)) - 0.05, max(1.0, np.nanmax(a)) + 0.05)
+        c_range = (min(0.0, np.nanmin(c)) - 0.05, max(1.0, np.nanmax(c)) + 0.05)
+        ga, gc = np.meshgrid(np.linspace(*a_range, 111), np.linspace(*c_range, 111))
         surface = (design_matrix(ga.ravel(), gc.ravel(), list(coef["term"])) @ coef["value"].to_numpy())
         surface = surface.reshape(ga.shape)
         # One colour scale for surface and dots: the normalised score range, saturating outside it (the
@@ -100,28 +147,27 @@ def plot_law_surfaces(
         levels = np.linspace(-0.1, 1.1, 25)
         image = ax.contourf(ga, gc, surface, levels=levels, cmap="viridis", extend="both")
         ax.contour(ga, gc, surface, levels=[0.25, 0.5, 0.75, 1.0], colors="white", linewidths=0.6)
-        a = (measurements.a[benchmark] - norm.loc["A", "min"]) / (norm.loc["A", "max"] - norm.loc["A", "min"])
-        c = (measurements.c - norm.loc["C", "min"]) / (norm.loc["C", "max"] - norm.loc["C", "min"])
         y = measurements.scores[benchmark]
         y_norm = (y - norm.loc["score", "min"]) / (norm.loc["score", "max"] - norm.loc["score", "min"])
         scored = ~np.isnan(y)
         ax.scatter(a[scored], c[scored], c=y_norm[scored], cmap="viridis", vmin=levels[0], vmax=levels[-1],
                    edgecolors="black", linewidths=0.9, s=34, zorder=3)
         ax.scatter(a[~scored], c[~scored], marker="x", color="#d62728", s=30, zorder=3)
-        for name, xa, xc in zip(measurements.settings, a, c):
-            ax.annotate(name, (xa, xc), fontsize=5.5, color="white", xytext=(2, 2), textcoords="offset points",
-                        path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")])
-        ax.set_xlim(grid[0], grid[-1])
-        ax.set_ylim(grid[0], grid[-1])
+        ax.set_xlim(*a_range)
+        ax.set_ylim(*c_range)
+        _label_points(ax, list(measurements.settings), a, c, numbers, fontsize=7, color="white",
+                      path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")])
         ax.set_title(benchmark, fontsize=9)
         ax.set_xlabel("A (normalised)", fontsize=8)
         ax.set_ylabel("C (normalised)", fontsize=8)
         ax.tick_params(labelsize=7)
         colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.25, 0.5, 0.75, 1.0])
         colorbar.ax.tick_params(labelsize=6)
+        colorbar.set_label("normalised score", fontsize=7)
     fig.suptitle(f"Fitted AC law ({features}): normalised score over normalised A and C; dots: settings, "
                  "coloured by measured score on the same scale (x: candidates)", fontsize=10)
     fig.tight_layout()
+    fig.text(0.5, 0, _key_text(numbers), ha="center", va="top", fontsize=8)
     _save(fig, out_png)
 
 
@@ -135,18 +181,28 @@ def plot_r2_comparison(summary: pd.DataFrame, feature_sets: Sequence[str], out_p
         for i, group in enumerate(groups):
             sub = summary[summary["group"] == group].set_index("features")
             values = [sub.loc[f, column] if f in sub.index else np.nan for f in feature_sets]
-            bars = ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width,
-                          color=_GROUP_COLOURS.get(group), label=group)
-            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+            positions = x + (i - (len(groups) - 1) / 2) * width
+            ax.bar(positions, values, width, color=_GROUP_COLOURS.get(group), label=group)
+            for position, value in zip(positions, values):
+                if not np.isfinite(value):
+                    continue
+                if value < _R2_AXIS_FLOOR:  # the bar runs off the axes: its value goes inside, at the bottom
+                    ax.text(position, _R2_AXIS_FLOOR + 0.03, f"{value:.2f}", rotation=90, ha="center", va="bottom",
+                            fontsize=6, color="white")
+                else:
+                    ax.annotate(f"{value:.2f}", (position, value), xytext=(0, 1 if value >= 0 else -1),
+                                textcoords="offset points", ha="center", va="bottom" if value >= 0 else "top",
+                                fontsize=6)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, feature_sets, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"mean {title} by benchmark group", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("mean over the group's benchmarks")
     bottom = min(-0.1, float(np.nanmin(summary[["mean_r2", "mean_q2_loo"]].to_numpy())) - 0.1)
-    axes[0].set_ylim(max(bottom, -1.5), 1.1)
+    axes[0].set_ylim(max(bottom, _R2_AXIS_FLOOR), 1.1)
     axes[1].legend(fontsize=8, loc="upper right")
-    fig.text(0.5, -0.02, "Q$^2$ below -1.5 is clipped.", ha="center", fontsize=7)
+    fig.text(0.5, -0.02, f"Bars below {_R2_AXIS_FLOOR} are cut at the axis; their values are written inside them.",
+             ha="center", fontsize=7)
     fig.tight_layout()
     _save(fig, out_png)
 
