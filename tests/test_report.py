@@ -75,3 +75,19 @@ def test_the_law_section_names_benchmarks_left_out_of_the_means() -> None:
     text = build_summary("t", "m.csv", groups, "AC_linear", ".", law=law)
     assert "| AC_linear | 1.000 |" in text  # the mean over the one benchmark fitted
     assert "Not fitted, and left out of the means: flat (every scored setting has the same score)." in text
+
+
+def test_the_normalised_mean_is_the_policys_target_when_a_benchmark_is_constant() -> None:
+    from vislaw.policy import target_scores
+
+    measurements = pd.DataFrame({"setting": ["a", "b", "c", "d"], "b1": [10.0, 20.0, 30.0, None],
+                                 "b2": [50.0, 50.0, 50.0, None]})
+    targets = target_scores({"b1": {"a": 10.0, "b": 20.0, "c": 30.0}, "b2": {"a": 50.0, "b": 50.0, "c": 50.0}},
+                            ["a", "b", "c"])
+    assert [round(100 * targets[s], 1) for s in "abc"] == [0.0, 25.0, 50.0]  # b2 counts 0 for every setting
+    text = build_summary("t", "m.csv", {"b1": "vision", "b2": "vision"}, "AC_poly", ".",
+                         ac=pd.DataFrame({"setting": ["a"], "A": [-1.0], "C": [10.0]}), measurements=measurements)
+    assert "| a | 10.0 | 50.0 | 30.0 | 0.0 |" in text
+    assert "| b | 20.0 | 50.0 | 35.0 | 25.0 |" in text
+    assert "| c | 30.0 | 50.0 | 40.0 | 50.0 |" in text
+    assert "| d |  |  |  |  |" in text  # not trained: blank, not 0

@@ -79,7 +79,10 @@ def _measured_section(ac: pd.DataFrame, measurements: pd.DataFrame | None, group
         # Benchmarks on other scales (MME's ~1500 points beside percentages) swamp the plain mean; each
         # benchmark min-max normalised over the settings first, as the policy's target, does not.
         span = values.max() - values.min()
-        scored["normalised mean"] = 100 * ((values - values.min()) / span.where(span > 0)).mean(axis=1)
+        normalised = (values - values.min()) / span.where(span > 0)
+        # a benchmark every setting scored the same counts 0 for each, as in the policy's target
+        normalised = normalised.where(values.isna() | (span > 0), 0.0)
+        scored["normalised mean"] = 100 * normalised.mean(axis=1)
         lines += ["Benchmark scores of the trained settings (blank: not trained); the normalised mean averages "
                   "each benchmark's score min-max normalised over these settings (0-100), as the policy's "
                   "target does:", "", markdown_table(scored, digits=1), ""]
