@@ -97,7 +97,12 @@ def test_policy_report_recommends_the_best_mean_normalised_score(tmp_path, train
     assert report["targets"] == pytest.approx({"enc_a": 1 / 6, "enc_b": 1 / 2, "enc_c": 2 / 3})
     assert report["recommended"] == "enc_c" and report["trainings"] == 3
     assert ("shadow" in report) == train_all
-    assert set(pd.read_csv(rounds_csv)["setting"]) == set(SETTINGS)
+    rounds = pd.read_csv(rounds_csv)
+    assert set(rounds["setting"]) == set(SETTINGS)
+    # the replay (train_all) and the fit on all trained are told apart; the latter is the reported ranking
+    assert list(dict.fromkeys(rounds["source"])) == (["replay", "final fit"] if train_all else ["final fit"])
+    final = rounds[rounds["source"] == "final fit"].sort_values("predicted", ascending=False)
+    assert list(final["setting"][: len(report["predicted_top_k"])]) == report["predicted_top_k"]
 
 
 def test_policy_report_has_no_predicted_top_k_with_fewer_than_two_trainings(tmp_path) -> None:

@@ -137,22 +137,25 @@ def policy_report(ac_csv: str, rounds: list[str], eval_files: Mapping[str, Mappi
     full = next_round(names, points, targets, len(history) + 1,
                       LivePolicy(**{**policy.__dict__, "budget": len(trained), "train_all": False}))
     shadow = None
+    # rounds.csv: the live rounds, then (train_all) the replay within the budget, then the fit on all trained
+    sources = [("live", r) for r in history]
     if policy.train_all:
-        history = replay(names, points, scores, LivePolicy(**{**policy.__dict__, "train_all": False}))
-        last = history[-1]
+        replayed = replay(names, points, scores, LivePolicy(**{**policy.__dict__, "train_all": False}))
+        sources += [("replay", r) for r in replayed]
+        last = replayed[-1]
         shadow_trained = list(last.trained)
         shadow = {
             "trainings": len(shadow_trained),
             "predicted_top_k": _predicted_top_k(last, policy.top_k),
             "recommended": max(shadow_trained, key=target_scores(scores, shadow_trained).get),
         }
-    else:
-        history = [*history, full]
+    sources.append(("final fit", full))
     rows = []
-    for r in history:
+    for source, r in sources:
         for s in names:
-            rows.append({"round": r.round, "setting": s, "trained_before": s in r.trained, "picked": s in r.picks,
-                         "predicted": r.predictions.get(s, float("nan")), "reason": r.reason})
+            rows.append({"source": source, "round": r.round, "setting": s, "trained_before": s in r.trained,
+                         "picked": s in r.picks, "predicted": r.predictions.get(s, float("nan")),
+                         "reason": r.reason})
     write_csv(out_csv, pd.DataFrame(rows))
     best = max(targets, key=targets.get)
     report = {
