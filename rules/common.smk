@@ -130,6 +130,30 @@ def weight_revisions(wildcards):
     return hub_revisions(encoder_spec(wildcards.encoder))
 
 
+# What pandas' read_csv takes for a missing value by default (its STR_NA_VALUES): no setting may be named so.
+MISSING_VALUE_NAMES = {
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+}
+
+
 def check_encoders():
     """Build every encoder's spec at parse time: a bad entry fails the dry run, naming its config key."""
     if not MEASURING:
@@ -154,6 +178,11 @@ def check_encoders():
                 f"{list(SKILLS)}; set 'evaluation.command' for external ones"
             )
     for name in ENCODERS:
+        if name in MISSING_VALUE_NAMES:
+            raise WorkflowError(
+                f"config key 'encoders.{name}': a CSV reader takes the name {name!r} for a missing value "
+                "(the setting would vanish from the tables); rename the entry"
+            )
         try:
             spec = encoder_spec(name)
             # a checkpoint the workflow itself trains does not exist yet when the DAG is planned

@@ -231,6 +231,9 @@ def test_bad_encoder_entries_fail_the_dry_run_naming_the_key(smoke_run: Path) ->
                  "mean": [0.5] * 3, "std": [0.5] * 3}), "encoders.bad.weights: path './no/such/checkpoint' does not exist"),
         "train.yaml": (lambda c: c["encoders"]["selfsup_64"]["train"].update(stepz=3),
                        "config key 'encoders.selfsup_64.train': unknown selfsup training setting(s) ['stepz']"),
+        # pandas reads the name back as a missing value: the setting would vanish from the tables
+        "na.yaml": (lambda c: c["encoders"].update(NA=c["encoders"]["random_vit_64"]),
+                    "config key 'encoders.NA': a CSV reader takes the name 'NA' for a missing value"),
         "diffusers.yaml": (lambda c: c["encoders"].update(bad={"spec": "sd15_unet.runway",
                                                                "options": {"block": "mid"}}),
                            "encoders.bad.options: block must be upK (K >= 1) or one of ('last', 'last_merge2x2')"),
