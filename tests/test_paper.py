@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -32,3 +36,15 @@ def test_v1_and_v3_agree_on_shared_settings() -> None:
 def test_unknown_version_is_refused() -> None:
     with pytest.raises(ValueError, match="v2"):
         build_measurements("v2", PAPER / "raw")
+
+
+def test_a_setting_missing_from_one_raw_file_is_named(tmp_path: Path) -> None:
+    # an inner join would silently drop it, and the law would be fitted on one setting fewer
+    raw = tmp_path / "raw"
+    shutil.copytree(PAPER / "raw", raw)
+    lines = (raw / "v3_benchmarks.csv").read_text().splitlines()
+    dropped = lines[3].split(",")[0]
+    (raw / "v3_benchmarks.csv").write_text("\n".join(lines[:3] + lines[4:]) + "\n")
+    with pytest.raises(ValueError, match=rf"v3_benchmarks.csv: its settings differ from .*v3_ac_scores.csv's: "
+                                         rf"missing \['{re.escape(dropped)}'\], extra \[\]"):
+        build_measurements("v3", raw)
