@@ -224,6 +224,10 @@ def test_a_conversation_whose_turns_do_not_alternate_is_named(source: dict[str, 
                                               r"'conversations' should alternate 'human' and 'gpt' turns"):
         prepare_data(tmp_path / "data", source)
     assert not (tmp_path / "data").exists()
+    # for an external trainer (image_root given) the turns are its business: LLaVA drops a leading gpt turn
+    source["instruct"]["image_root"] = source["captions"]["image_root"]
+    prepare_data(tmp_path / "data", source)
+    assert (tmp_path / "data" / "manifest.json").is_file()
 
 
 def test_a_bad_benchmark_answer_is_named(source: dict[str, Any], tmp_path: Path) -> None:

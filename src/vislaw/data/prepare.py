@@ -202,17 +202,20 @@ def read_captions(path: str | os.PathLike[str], key: str) -> list[dict[str, Any]
 def read_conversations(path: str | os.PathLike[str], key: str, need_image: bool) -> list[dict[str, Any]]:
     """Instruction records in LLaVA's format (llava_v1_5_mix665k.json): ``{"id", "image"?, "conversations"}``
     whose turns alternate human, gpt (one or more question-answer turns; stage 2 learns every answer).
-    ``need_image``: every record must have an image."""
+    ``need_image``: every record must have an image, for the built-in stage 2. Without it the data is for an
+    external trainer, and the turns are not checked: LLaVA's own preprocessing drops a leading ``gpt`` turn,
+    which some of its mix's text-only conversations have."""
     where = _Where(key, path)
     root_key = f"{key.rsplit('.', 1)[0]}.image_root"
     out = []
     for index, raw in enumerate(_load_list(path, key)):
         record = where.record(index, raw)
         turns = _turns(record, where, index)
-        try:
-            conversation_turns(turns)
-        except ValueError as err:
-            raise where.error(index, str(err)) from None
+        if need_image:
+            try:
+                conversation_turns(turns)
+            except ValueError as err:
+                raise where.error(index, str(err)) from None
         if "image" in record or need_image:
             image = _image_path(record.get("image"), where, index, root_key)
         else:
