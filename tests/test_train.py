@@ -374,3 +374,26 @@ def test_length_grouped_batches_cover_the_same_items_with_less_padding() -> None
     assert padded(grouped) < 0.8 * padded(plain)
     assert [b.tolist() for b in _batches(64, 8, 2, torch.Generator().manual_seed(0), lengths, group=1)] == \
         [b.tolist() for b in plain]
+
+
+def test_the_batch_loss_averages_over_tokens_or_over_sequences(tiny_llm: Path) -> None:
+    from vislaw.train import batch_loss, sequence_logliks
+
+    llm, tokenizer = load_llm(tiny_llm)
+    features, _, _ = features_and_captions(2, seed=5)
+    torch.manual_seed(0)
+    projector = Projector(12, 32)
+    texts = [tokenize_parts(tokenizer, [TextPart("a small red", False), TextPart("circle", True)]),
+             tokenize_parts(tokenizer, [TextPart("a", False), TextPart("large blue square on the left", True)])]
+    counts = [sum(flags) for _, flags in texts]
+    assert counts[0] < counts[1]
+    with torch.inference_mode():
+        means = sequence_logliks(llm, projector, features, texts, tokenizer).tolist()
+        token = batch_loss(llm, projector, features, texts, tokenizer, "token").item()
+        sequence = batch_loss(llm, projector, features, texts, tokenizer, "sequence").item()
+    # LLaVA's loss: every scored token weighs the same, so the longer answer weighs counts[1] / counts[0] more
+    assert token == pytest.approx(-(means[0] * counts[0] + means[1] * counts[1]) / (counts[0] + counts[1]))
+    assert sequence == pytest.approx(-(means[0] + means[1]) / 2)
+    assert token != pytest.approx(sequence)
+    with pytest.raises(ValueError, match="loss_average: 'tokens' is not one of token, sequence"):
+        batch_loss(llm, projector, features, texts, tokenizer, "tokens")
