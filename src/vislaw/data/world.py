@@ -6,8 +6,10 @@ SPair-71k's layout (``spair/``), one multiple-choice benchmark per skill (traini
 split), a text corpus for the tiny language model, a grid of annotated pairs to look at, and a manifest with
 the parameters, counts and a content fingerprint.
 
-Every random draw comes from ``np.random.default_rng([seed, PURPOSE, index...])``: items are independent of
-each other and of the sizes asked for (a smaller world is a prefix of a bigger one at the same image size).
+Every random draw comes from ``np.random.default_rng([seed, PURPOSE, index...])``: an item depends on its own
+index, not on the items before it. So most sets of a smaller world are prefixes of a bigger one's at the same
+image size; not all: the stage-2 questions' images are drawn among the caption images (their number matters),
+and the shuffled instruction order and the pairs' numbering depend on the totals.
 The output folder is built next to its final place and renamed at the end, so a killed job leaves nothing.
 """
 
