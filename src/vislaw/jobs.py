@@ -58,9 +58,10 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
         print(f"{dataset}: {len(images.ids)} images", file=sys.stderr)
         # decoding threads beside the model: as many as the job's torch threads, so a CPU job stays in
         # its share of the cores; on a GPU, worker processes on its share of the usable CPUs (divided among
-        # the machine's GPU slots, as several extractions may run at once) less two. VISLAW_COMPILE: torch.compile mode on a GPU ("auto": from
-        # features.COMPILE_MIN_IMAGES images on; "off": never). VISLAW_DECODER: "pil" (default) or "device"
-        # (JPEGs decoded on the GPU by nvJPEG: other rounding, see features.extract_to_h5).
+        # the machine's GPU slots, as several extractions may run at once) less two. VISLAW_COMPILE:
+        # torch.compile mode on a GPU ("auto": from features.COMPILE_MIN_IMAGES images on; "off": never).
+        # VISLAW_DECODER: "pil" (default) or "device" (JPEGs decoded on the GPU by nvJPEG: other rounding,
+        # see features.extract_to_h5).
         loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else default_workers(cpu_share())
         compile_mode = os.environ.get("VISLAW_COMPILE", "auto")
         extract_to_h5(dict(spec), images.paths, out_h5, image_ids=images.ids, batch_size=batch_size,

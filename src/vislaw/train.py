@@ -431,7 +431,8 @@ def score_options(
 
 def _projector_blob(projector: Projector, record: dict) -> dict:
     """What a projector file holds (stage 1's file and the MLLM folder's): weights, shape, pooling, record."""
-    return {"state_dict": {k: v.cpu() for k, v in projector.state_dict().items()}, "in_dim": projector.in_dim, "out_dim": projector.out_dim,
+    state = {k: v.cpu() for k, v in projector.state_dict().items()}  # a file that loads without the GPU
+    return {"state_dict": state, "in_dim": projector.in_dim, "out_dim": projector.out_dim,
             "pool": projector.pool, "norm": projector.normed, "record": record}
 
 
@@ -516,7 +517,8 @@ def generate_answers(
             embeds, _, _, attention = build_batch(llm, projector, features[active], texts, tokenizer)
             logits = llm(inputs_embeds=embeds, attention_mask=attention).logits
             last = attention.sum(dim=1) - 1
-            for r, next_id in zip(active, logits[torch.arange(len(active), device=logits.device), last].argmax(dim=-1).tolist()):
+            rows = torch.arange(len(active), device=logits.device)
+            for r, next_id in zip(active, logits[rows, last].argmax(dim=-1).tolist()):
                 if next_id == tokenizer.eos_token_id:
                     finished[r] = True
                 else:
