@@ -517,8 +517,8 @@ def generate_answers(
             embeds, _, _, attention = build_batch(llm, projector, features[active], texts, tokenizer)
             logits = llm(inputs_embeds=embeds, attention_mask=attention).logits
             last = attention.sum(dim=1) - 1
-            rows = torch.arange(len(active), device=logits.device)
-            for r, next_id in zip(active, logits[rows, last].argmax(dim=-1).tolist()):
+            batch_rows = torch.arange(len(active), device=logits.device)
+            for r, next_id in zip(active, logits[batch_rows, last].argmax(dim=-1).tolist()):
                 if next_id == tokenizer.eos_token_id:
                     finished[r] = True
                 else:
