@@ -169,16 +169,21 @@ def test_a_local_checkpoint_overwritten_in_place_reruns_its_extraction(smoke_run
 
     preset = preset_variant(smoke_run, "local.yaml", local)
     target = "results/smoke/features/copied_vit/spair_test.h5"
-    snakemake(smoke_run, target, "--configfile", preset)
-    assert planned_rules(smoke_run, target, "--configfile", preset) == {}
-    weights = checkpoint / "backbone.pt"
-    later = (smoke_run / target).stat().st_mtime + 10
-    os.utime(weights, (later, later))  # touched, same bytes: Snakemake's recorded checksum says unchanged
-    assert planned_rules(smoke_run, target, "--configfile", preset) == {}
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    state["pos_embed"] += 0.01
-    torch.save(state, weights)  # fine-tuned and saved over the old file
-    assert planned_rules(smoke_run, target, "--configfile", preset) == {"extract_features": 1}
+    try:
+        snakemake(smoke_run, target, "--configfile", preset)
+        assert planned_rules(smoke_run, target, "--configfile", preset) == {}
+        weights = checkpoint / "backbone.pt"
+        later = (smoke_run / target).stat().st_mtime + 10
+        os.utime(weights, (later, later))  # touched, same bytes: Snakemake's recorded checksum says unchanged
+        assert planned_rules(smoke_run, target, "--configfile", preset) == {}
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state["pos_embed"] += 0.01
+        torch.save(state, weights)  # fine-tuned and saved over the old file
+        assert planned_rules(smoke_run, target, "--configfile", preset) == {"extract_features": 1}
+    finally:  # the shared smoke run's outputs stay the preset's (the SLURM test compares its job logs)
+        shutil.rmtree(smoke_run / OUT / "features" / "copied_vit", ignore_errors=True)
+        for kind, suffix in (("logs", ".log"), ("benchmarks", ".tsv")):
+            (smoke_run / OUT / kind / "extract_features" / f"copied_vit{suffix}").unlink(missing_ok=True)
 
 
 def test_settings_no_result_depends_on_rerun_nothing(smoke_run: Path) -> None:
