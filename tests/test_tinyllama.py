@@ -99,7 +99,7 @@ def test_tokenizer_matches_transformers(llm_dir: Path) -> None:
 
 @pytest.mark.parametrize("change", [{"tie_word_embeddings": False}, {"num_key_value_heads": 2},
                                     {"rope_scaling": {"type": "linear", "factor": 2.0}}, {"model_type": "qwen2"},
-                                    {"attention_bias": True}])
+                                    {"attention_bias": True}, {"attention_dropout": 0.1}])
 def test_checkpoints_outside_the_subset_go_through_transformers(llm_dir: Path, change: dict) -> None:
     config = json.loads((llm_dir / "config.json").read_text())
     assert tinyllama.supports(config)

@@ -57,6 +57,7 @@ def supports(config: dict[str, Any]) -> bool:
         and not config.get("rope_scaling")
         and config.get("tie_word_embeddings", False)
         and config.get("pretraining_tp", 1) == 1
+        and not config.get("attention_dropout", 0.0)  # no dropout here: stage 2 would train without it
     )
 
 
