@@ -209,6 +209,34 @@ def test_supervised_position_head_adds_the_weighted_error_of_each_object_place(w
     assert Supervised(build_backbone(settings["arch"]), data, training_config("supervised")).position_head is None
 
 
+def test_weight_decay_spares_norms_biases_and_position_tables_but_not_the_position_head(world: Path) -> None:
+    """timm's ViT exempts ``pos_embed`` and ``cls_token``; the supervised ``position_head`` is an ordinary linear layer
+    (an earlier rule exempted every name containing "pos" and left it undecayed)."""
+    from vislaw.zoo.arch import build_backbone
+    from vislaw.zoo.data import load_caption_set
+    from vislaw.zoo.objectives import Contrastive, Supervised
+    from vislaw.zoo.train import weight_decay_groups
+
+    data = load_caption_set(world, 16)
+
+    def spared_names(model: torch.nn.Module) -> set[str]:
+        decay, spared = weight_decay_groups(model, 0.05)
+        assert (decay["weight_decay"], spared["weight_decay"]) == (0.05, 0.0)
+        assert len(decay["params"]) + len(spared["params"]) == len(list(model.parameters()))
+        return {n for n, p in model.named_parameters() if any(p is q for q in spared["params"])}
+
+    def vectors(model: torch.nn.Module) -> set[str]:
+        return {n for n, p in model.named_parameters() if p.ndim < 2}
+
+    settings = training_config("supervised", {**TINY, "arch": TINY_VIT, "image_size": 64, "position_weight": 1.0})
+    supervised = Supervised(build_backbone(settings["arch"]), data, settings)
+    assert supervised.position_head.weight.ndim == 2
+    assert spared_names(supervised) == vectors(supervised) | {"backbone.pos_embed", "backbone.cls_token"}
+    settings = training_config("contrastive", {**TINY, "arch": TINY_VIT, "image_size": 64})
+    contrastive = Contrastive(build_backbone(settings["arch"]), data, settings)
+    assert spared_names(contrastive) == vectors(contrastive) | {"backbone.pos_embed", "backbone.cls_token", "text.pos"}
+
+
 def test_mini_encoders_extract_and_concatenate(checkpoints: dict[str, Path], world: Path, tmp_path: Path) -> None:
     parts = (mini_spec(checkpoints["vit"], "mini_vit", "vit"), mini_spec(checkpoints["cnn"], "mini_cnn", "cnn"))
     spec = EncoderSpec(kind="concat", image_size=64, parts=parts, name="vit_plus_cnn")

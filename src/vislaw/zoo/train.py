@@ -81,15 +81,25 @@ def train_encoder(objective: str, world_dir: str | os.PathLike[str], out_dir: st
     return record
 
 
+# Parameters never decayed besides norms and biases: timm's ViT `no_weight_decay` (position embeddings, class token)
+# and the text tower's position table. Matched by the parameter's own name, so a layer that merely mentions position
+# (the supervised objective's ``position_head``) is decayed like any other linear layer.
+NO_WEIGHT_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "pos"})
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: matrices decayed by ``weight_decay``; norms, biases and `NO_WEIGHT_DECAY_NAMES` not."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        exempt = param.ndim < 2 or name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY_NAMES
+        (no_decay if exempt else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _optimise(model: torch.nn.Module, settings: Mapping[str, Any]) -> list[list[float]]:
     """AdamW with linear warm-up and cosine decay; returns [step, mean loss] per ``log_every`` steps."""
     seed, steps, batch = int(settings["seed"]), int(settings["steps"]), int(settings["batch_size"])
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        # Norms, biases and embeddings/tokens are not decayed (ViT practice).
-        (no_decay if param.ndim < 2 or "pos" in name or "token" in name else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": float(settings["weight_decay"])},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=float(settings["lr"]))
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, float(settings["weight_decay"])), lr=float(settings["lr"]))
     warmup = max(1, int(steps * float(settings["warmup_frac"])))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
