@@ -209,9 +209,9 @@ def test_supervised_position_head_adds_the_weighted_error_of_each_object_place(w
     assert Supervised(build_backbone(settings["arch"]), data, training_config("supervised")).position_head is None
 
 
-def test_weight_decay_spares_norms_biases_and_position_tables_but_not_the_position_head(world: Path) -> None:
-    """timm's ViT exempts ``pos_embed`` and ``cls_token``; the supervised ``position_head`` is an ordinary linear layer
-    (an earlier rule exempted every name containing "pos" and left it undecayed)."""
+def test_weight_decay_spares_norms_biases_position_tables_and_what_the_objective_names(world: Path) -> None:
+    """timm's ViT exempts ``pos_embed`` and ``cls_token``; beyond those, only the names an objective's
+    ``no_weight_decay()`` gives (the supervised position head's weight), not every name containing "pos"."""
     from vislaw.zoo.arch import build_backbone
     from vislaw.zoo.data import load_caption_set
     from vislaw.zoo.objectives import Contrastive, Supervised
@@ -231,6 +231,9 @@ def test_weight_decay_spares_norms_biases_and_position_tables_but_not_the_positi
     settings = training_config("supervised", {**TINY, "arch": TINY_VIT, "image_size": 64, "position_weight": 1.0})
     supervised = Supervised(build_backbone(settings["arch"]), data, settings)
     assert supervised.position_head.weight.ndim == 2
+    assert spared_names(supervised) == vectors(supervised) | {"backbone.pos_embed", "backbone.cls_token",
+                                                               "position_head.weight"}
+    supervised.no_weight_decay = set  # an objective naming nothing: the head's matrix is decayed like any other
     assert spared_names(supervised) == vectors(supervised) | {"backbone.pos_embed", "backbone.cls_token"}
     settings = training_config("contrastive", {**TINY, "arch": TINY_VIT, "image_size": 64})
     contrastive = Contrastive(build_backbone(settings["arch"]), data, settings)

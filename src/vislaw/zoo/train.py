@@ -82,16 +82,18 @@ def train_encoder(objective: str, world_dir: str | os.PathLike[str], out_dir: st
 
 
 # Parameters never decayed besides norms and biases: timm's ViT `no_weight_decay` (position embeddings, class token)
-# and the text tower's position table. Matched by the parameter's own name, so a layer that merely mentions position
-# (the supervised objective's ``position_head``) is decayed like any other linear layer.
+# and the text tower's position table, matched by the parameter's own name. An objective may name more, by full
+# name, in its own ``no_weight_decay()`` (timm's hook).
 NO_WEIGHT_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "pos"})
 
 
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: matrices decayed by ``weight_decay``; norms, biases and `NO_WEIGHT_DECAY_NAMES` not."""
+    """AdamW parameter groups: matrices decayed by ``weight_decay``; norms, biases, `NO_WEIGHT_DECAY_NAMES` and the
+    names of ``model.no_weight_decay()`` not."""
+    named_exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        exempt = param.ndim < 2 or name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY_NAMES
+        exempt = param.ndim < 2 or name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY_NAMES or name in named_exempt
         (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
