@@ -105,6 +105,22 @@ def test_policy_report_recommends_the_best_mean_normalised_score(tmp_path, train
     assert list(final["setting"][: len(report["predicted_top_k"])]) == report["predicted_top_k"]
 
 
+def test_policy_report_counts_any_setting_tied_for_the_best_as_found(tmp_path, monkeypatch) -> None:
+    # enc_b and enc_c tie on both benchmarks (targets 1 and 1). The replay's top-1 is enc_c; the first of the
+    # tied in config order is enc_b, which alone would have read as "not found".
+    monkeypatch.setitem(SCORES, "colour", {"enc_a": 40.0, "enc_b": 70.0, "enc_c": 70.0})
+    monkeypatch.setitem(SCORES, "count", {"enc_a": 60.0, "enc_b": 80.0, "enc_c": 80.0})
+    ac_csv = tmp_path / "ac.csv"
+    ac_table(SETTINGS, _score_files(tmp_path), str(ac_csv))
+    settings = {"budget": 3, "initial": 2, "per_round": 1, "top_k": 1, "seed": 0, "train_all": True}
+    report_json = tmp_path / "recommendation.json"
+    policy_report(str(ac_csv), [], _eval_files(tmp_path, SETTINGS), settings, str(tmp_path / "r.csv"), str(report_json))
+    report = json.loads(report_json.read_text())
+    assert report["targets"] == {"enc_a": 0.0, "enc_b": 1.0, "enc_c": 1.0}
+    assert report["shadow"]["predicted_top_k"] == ["enc_c"]
+    assert report["shadow"]["true_best_tied"] == ["enc_b", "enc_c"] and report["shadow"]["true_best_in_top_k"] is True
+
+
 def test_policy_report_has_no_predicted_top_k_with_fewer_than_two_trainings(tmp_path) -> None:
     # One training fits nothing, so a predicted top-k would only be config order: it is reported as None.
     ac_csv = tmp_path / "ac.csv"

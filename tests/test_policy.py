@@ -8,8 +8,10 @@ import pytest
 from vislaw.law import FEATURE_SETS, design_matrix
 from vislaw.measurements import Measurements, load_measurements
 from vislaw.policy import (
+    best_candidates,
     grid_cells,
     grid_sampling_order,
+    pessimistic_rank,
     predict_from_trained,
     simulate,
     simulate_measurements,
@@ -108,6 +110,34 @@ def test_trainings_needed_counts_exact_ties_against_the_best() -> None:
     # Last trained 0.2 instead: at n = 3 the targets (1, 1, 0) give the min-norm fit 1 at (0, 0), (1, 0)
     # and (0, 1), and 0 at (1, 1): the best is at worst third, so in the top-3 at n = 3, not at n = 2.
     assert trainings_needed(points, np.array([1.0, 0.5, 0.5, 0.2]), [1, 2, 3, 0], ks=(3,)) == {3: 3.0}
+
+
+def test_pessimistic_rank_counts_ties_above_except_peers() -> None:
+    values = np.array([0.5, 0.9, 0.5, 0.5, 0.1])
+    assert pessimistic_rank(values, 0) == 3  # 0.9 and the two other 0.5s
+    assert pessimistic_rank(values, 0, peers=[2]) == 2  # a peer tied with it is not above it
+    assert pessimistic_rank(values, 0, peers=[0, 1]) == 2  # itself listed among the peers changes nothing
+    np.testing.assert_array_equal(best_candidates(np.array([3.0, 5.0, 1.0, 5.0])), [1, 3])
+
+
+def test_trainings_needed_counts_any_of_the_tied_best_whatever_the_row_order() -> None:
+    # Two candidates tie for the best score. Training either first is success at one training, and the
+    # answer for every order must not change when the rows are permuted (the table's order means nothing).
+    rng = np.random.default_rng(5)
+    points, y = rng.uniform(size=(8, 2)), rng.uniform(size=8)
+    y[[2, 5]] = y.max() + 0.1
+    assert trainings_needed(points, y, [5, 0, 1, 2, 3, 4, 6, 7]) == {1: 1.0, 3: 1.0}
+    assert trainings_needed(points, y, [2, 0, 1, 3, 4, 5, 6, 7]) == {1: 1.0, 3: 1.0}
+    swap = np.array([0, 1, 5, 3, 4, 2, 6, 7])  # rows 2 and 5 exchanged (its own inverse)
+    for trial in range(20):
+        order = list(rng.permutation(8))
+        assert trainings_needed(points, y, order) == trainings_needed(points[swap], y[swap], list(swap[order]))
+
+
+def test_every_candidate_tied_for_best_is_found_at_the_first_training() -> None:
+    points = np.random.default_rng(0).uniform(size=(6, 2))
+    recall = simulate(points, np.full(6, 0.5), trials=50, seed=0, key="flat").recall([1])
+    assert recall.iloc[0][["recall_at_1", "recall_at_3", "random_recall_at_3"]].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_trainings_needed_hand_computed_two_point_case() -> None:

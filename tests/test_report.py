@@ -41,6 +41,10 @@ def test_summary_says_the_predicted_top_k_is_unavailable_with_fewer_than_two_tra
     assert "- predicted top-2 by the AC fit on all trained: a, b" in text
     assert "1 trainings, predicted top-k not available: fewer than two trainings; recommends **b**" in text
     assert "in the replay's predicted top-k: **not available**" in text
+    assert "- truly best setting (all trained): **a**;" in text
+    tied = {**policy, "shadow": {**policy["shadow"], "true_best_tied": ["a", "b"]}}
+    text = build_summary("t", "m.csv", {"colour": "vision"}, "AC_poly", ".", ac=ac, policy=tied)
+    assert "- truly best setting (all trained): **a**, **b** (tied);" in text
     text = build_summary("t", "m.csv", {"colour": "vision"}, "AC_poly", ".", ac=ac,
                          policy={**policy, "train_all": False, "predicted_top_k": None, "shadow": None})
     assert "- predicted top-k by the AC fit on all trained: not available: fewer than two trainings" in text

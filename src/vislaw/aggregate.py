@@ -170,6 +170,8 @@ def policy_report(ac_csv: str, rounds: list[str], eval_files: Mapping[str, Mappi
     }
     if shadow is not None:
         # everything was measured: the true best is known, and the shadow run says what the policy would do
-        in_top_k = None if shadow["predicted_top_k"] is None else best in shadow["predicted_top_k"]
-        report["shadow"] = {**shadow, "true_best": best, "true_best_in_top_k": in_top_k}
+        # settings tied for the best target are all the truly best: the policy found it if it holds any of them
+        tied = [s for s in trained if targets[s] == targets[best]]
+        in_top_k = None if shadow["predicted_top_k"] is None else any(s in shadow["predicted_top_k"] for s in tied)
+        report["shadow"] = {**shadow, "true_best": best, "true_best_tied": tied, "true_best_in_top_k": in_top_k}
     write_json(out_json, report)

@@ -74,26 +74,38 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(values, dtype=float), kind="stable")[:k]
 
 
-def pessimistic_rank(values: np.ndarray, index: int) -> int:
-    """0-based rank of ``values[index]`` with every exact tie placed before it."""
+def pessimistic_rank(values: np.ndarray, index: int, peers: Sequence[int] = ()) -> int:
+    """0-based rank of ``values[index]`` with every exact tie placed before it, except ``peers`` (candidates
+    that would do as well as it: another best, tied on the measured score), which never count above it."""
     values = np.asarray(values, dtype=float)
-    return int(np.sum(values > values[index]) + np.sum(values == values[index]) - 1)
+    above = values >= values[index]
+    above[[index, *peers]] = False
+    return int(np.sum(above))
+
+
+def best_candidates(y: np.ndarray) -> np.ndarray:
+    """Indices of every candidate with the highest score: a tie for the best has no first (the table's row
+    order would otherwise decide which of them counts as found)."""
+    y = np.asarray(y, dtype=float)
+    return np.flatnonzero(y == y.max())
 
 
 def trainings_needed(points: np.ndarray, y: np.ndarray, order: Sequence[int], ks: Sequence[int] = (1, 3)) -> dict[int, float]:
-    """For each k: the first number of trainings n (following ``order``) whose predicted top-k holds the
-    best candidate (highest ``y``), ranked pessimistically: candidates predicted exactly equal to it count
-    as above it (tied trained scores fit all-zero predictions, and an index tie-break would be luck).
+    """For each k: the first number of trainings n (following ``order``) whose predicted top-k holds a
+    best candidate (highest ``y``; any of them where several tie), ranked pessimistically: other candidates
+    predicted exactly equal to it count as above it (tied trained scores fit all-zero predictions, and an
+    index tie-break would be luck).
 
-    With one trained candidate, success only if it is the best. ``inf`` where no prefix succeeds.
+    With one trained candidate, success only if it is a best. ``inf`` where no prefix succeeds.
     """
-    best = int(np.argmax(y))
+    best = best_candidates(y)
     needed = {k: float("inf") for k in ks}
-    if order[0] == best:
+    if order[0] in best:
         return {k: 1.0 for k in ks}
     x_all = design_matrix(points[:, 0], points[:, 1], AC_TERMS)
     for n in range(2, len(order) + 1):
-        rank = pessimistic_rank(_predict(x_all, y, order[:n]), best)
+        predicted = _predict(x_all, y, order[:n])
+        rank = min(pessimistic_rank(predicted, int(b), best) for b in best)
         for k in ks:
             if needed[k] == float("inf") and rank < k:
                 needed[k] = float(n)
@@ -125,14 +137,14 @@ def simulate(points: np.ndarray, y: np.ndarray, trials: int, seed: int, key: str
     """Monte-Carlo runs of the policy and of random order; streams depend on (seed, key, trial) only."""
     key_id = zlib.crc32(key.encode())
     top1, top3, rand = np.empty(trials), np.empty(trials), np.empty(trials)
-    best = int(np.argmax(y))
+    best = best_candidates(y)
     for trial in range(trials):
         order = grid_sampling_order(points, np.random.default_rng([seed, key_id, trial, 0]))
         needed = trainings_needed(points, y, order, (1, 3))
         top1[trial], top3[trial] = needed[1], needed[3]
         random_order = np.random.default_rng([seed, key_id, trial, 1]).permutation(len(y))
-        # random order succeeds once the best candidate itself is trained
-        rand[trial] = float(np.flatnonzero(random_order == best)[0] + 1)
+        # random order succeeds once a best candidate itself is trained
+        rand[trial] = float(np.flatnonzero(np.isin(random_order, best))[0] + 1)
     return PolicySimulation(top1, top3, rand)
 
 

@@ -98,15 +98,22 @@ def _measured_section(ac: pd.DataFrame, measurements: pd.DataFrame | None, group
         shadow = policy.get("shadow")
         if shadow:
             verdict = {True: "yes", False: "no", None: "not available"}[shadow["true_best_in_top_k"]]
+            truly_best = _names_text(shadow.get("true_best_tied") or [shadow["true_best"]])
             lines += [
                 f"- replay of the live policy with budget {policy['budget']} on the measured scores: "
                 f"{shadow['trainings']} trainings, predicted top-{_top_k_size(shadow['predicted_top_k'])} "
                 f"{_top_k_text(shadow['predicted_top_k'])}; recommends **{shadow['recommended']}**",
-                f"- truly best setting (all trained): **{shadow['true_best']}**; in the replay's predicted "
+                f"- truly best setting (all trained): {truly_best}; in the replay's predicted "
                 f"top-{_top_k_size(shadow['predicted_top_k'])}: **{verdict}**",
             ]
         lines.append("")
     return lines
+
+
+def _names_text(names: Sequence[str]) -> str:
+    """``**a**``, or ``**a**, **b** (tied)`` for settings tied for the best."""
+    text = ", ".join(f"**{n}**" for n in names)
+    return text + " (tied)" if len(names) > 1 else text
 
 
 def _top_k_size(top_k: Sequence[str] | None) -> str:
