@@ -4,9 +4,15 @@
 # -> measurements -> law fit, policy simulation -> plots -> summary.
 
 
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# The checkout the conda envs (envs/*.yaml) install vislaw from: conda runs their pip section from a copy of the
+# env file under .snakemake/conda, so they name it by this variable (pip expands ${VAR}) and not by a relative path.
+os.environ.update(VISLAW_ROOT=workflow.basedir)
 
 
 # The embedded default, unless a preset is given: Snakemake would merge a --configfile into config.yaml,

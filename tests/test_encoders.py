@@ -334,6 +334,11 @@ def test_concat_config_parts_reference_entries(ckpt: dict[str, Path]) -> None:
     }
     spec = spec_from_config("clip_dino", config)
     assert [p.name for p in spec.parts] == ["clip", "dino"] and spec.grid == (4, 4)
+    # without its own image_size a concat frames at its largest part's, so no part is fed an upsampled image
+    config["dino"]["image_size"] = 48
+    unsized = spec_from_config("clip_dino", {**config, "clip_dino": {"kind": "concat", "parts": ["clip", "dino"]}})
+    assert unsized.image_size == 48 and unsized.grid == (4, 4) and part_input_record(unsized) == [
+        {"part": 0, "input": "concat's framed image", "from": 48, "to": 32, "resize": PART_INPUT_RESIZE}]
 
 
 def _stats() -> dict[str, list[float]]:
@@ -493,10 +498,12 @@ def test_weight_files_list_a_checkpoints_files_and_skip_hub_ids_and_hidden_metad
         "vit": {"kind": "timm", "weights": str(single), "options": {"model": "vit_tiny"}, "patch": 16},
         "hub": {"kind": "hf", "weights": "openai/clip-vit-large-patch14", "patch": 14, "image_size": 224},
         "both": {"kind": "concat", "parts": ["hub", "vit", "clip"]},
+        "timm_own": {"kind": "timm", "weights": "pretrained", "options": {"model": "vit_tiny"}, "patch": 16},
     }
     expected_folder = [folder / "config.json", folder / "model.safetensors", folder / "sub" / "tokenizer.json"]
     assert weight_files(spec_from_config("clip", entries)) == expected_folder
     assert weight_files(spec_from_config("hub", entries)) == []
+    assert weight_files(spec_from_config("timm_own", entries)) == []  # timm's own weights: no path to track
     assert weight_files(spec_from_config("both", entries)) == [single, *expected_folder]  # parts in order
     (tmp_path / "empty").mkdir()
     with pytest.raises(EncoderConfigError, match=r"encoders\.e\.weights: folder .* holds no files"):

@@ -288,3 +288,20 @@ def test_bf16_compute_is_within_rounding(family: str, pipes: dict[str, Path], tm
         low = low_h5["tokens"][:].astype(np.float32)
     error = np.linalg.norm(low - full) / np.linalg.norm(full)
     assert 0 < error < 3e-2  # above 0: the denoiser did run in bf16
+
+
+def test_a_vae_marked_force_upcast_encodes_in_float32_under_autocast(pipes: dict[str, Path]) -> None:
+    # SDXL's VAE config sets force_upcast (it overflows in float16): under the GPU's autocast its latents must
+    # be the float32 ones; a VAE without the flag follows autocast (bf16 here, on the CPU).
+    encoder = create_encoder(diffusion_spec("sd", pipes["sd"])).eval()
+    x = _images()
+    with torch.inference_mode():
+        full = encoder.latents(x)
+        encoder.vae.register_to_config(force_upcast=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = encoder.latents(x)
+        encoder.vae.register_to_config(force_upcast=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            upcast = encoder.latents(x)
+    assert low.dtype == torch.bfloat16 and not torch.equal(low.float(), full)
+    assert upcast.dtype == torch.float32 and torch.equal(upcast, full)

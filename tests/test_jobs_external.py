@@ -64,6 +64,25 @@ def test_an_external_stage_2_killed_mid_save_leaves_no_model(tmp_path: Path) -> 
     assert list((tmp_path / "mllm").iterdir()) == []
 
 
+def test_an_external_commands_output_reaches_the_log_while_it_runs(tmp_path: Path) -> None:
+    """A trainer's losses are in the job's log as they are printed: a job killed at its time limit keeps them."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    log = tmp_path / "job.log"
+    script = ("import sys; sys.stderr = open(sys.argv[1], 'w', buffering=1); from vislaw.jobs import run_external; "
+              "run_external('printf \"step %d loss 0.5\\\\n\" 1; printf \"warming %s\\\\n\" up >&2; sleep 60')")
+    with subprocess.Popen([sys.executable, "-c", script, str(log)], start_new_session=True) as job:
+        deadline = time.monotonic() + 30
+        while "warming up" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.killpg(job.pid, signal.SIGKILL)  # as SLURM ends a job at its time limit, the command's shell too
+    text = log.read_text()  # the command's own text (in the log's first line) has neither line
+    assert "\nstep 1 loss 0.5\n" in text and "\nwarming up\n" in text, text
+
+
 def test_external_evaluation_reads_each_benchmarks_own_metric(tmp_path: Path) -> None:
     # lmms-eval's results layout: {"results": {task: {"<metric>,<filter>": value, ...}}}
     results = {"results": {"mme": {"alias": "mme", "mme_cognition_score,none": 300.0,

@@ -86,6 +86,7 @@ def test_scores_carry_their_protocols(smoke_run: Path) -> None:
         assert set(c["per_category"]) and c["n_pairs"] == 32
         assert a["A"] == pytest.approx(ac.loc[setting, "A"]) and a["A"] < 0  # a mean log-likelihood
         assert a["protocol"]["a_score"]["method"] == "caption_loglik" and a["n_probe"] == 16
+        assert a["protocol"]["projector_trained"] == "builtin"  # vislaw's stage 1, on the caches A reads
 
 
 def test_summary_matches_the_tables(smoke_run: Path) -> None:

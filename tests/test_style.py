@@ -45,3 +45,26 @@ def test_conda_envs_pin_the_same_versions_as_requirements() -> None:
                 continue
             name = match.group(1).lower().replace("_", "-")
             assert pins.get(name) == match.group(3), (env, entry, pins.get(name))
+
+
+def test_conda_envs_install_this_checkout_from_the_copy_conda_makes(tmp_path) -> None:
+    """Conda runs an env's pip section from a copy of the env file under .snakemake/conda: vislaw must be named by
+    ``${VISLAW_ROOT}`` (set by the Snakefile to its folder), which pip expands, not by a relative path."""
+    import os
+
+    import yaml
+
+    assert "os.environ.update(VISLAW_ROOT=workflow.basedir)" in (REPO / "Snakefile").read_text()
+    conda_dir = tmp_path / ".snakemake" / "conda"
+    conda_dir.mkdir(parents=True)
+    lines = []
+    for env in sorted((REPO / "envs").glob("*.yaml")):
+        pip = [p for d in yaml.safe_load(env.read_text())["dependencies"] if isinstance(d, dict) for p in d["pip"]]
+        own = [p for p in pip if p.startswith("-e")]
+        assert own and all(p.split()[1].startswith("${VISLAW_ROOT}") for p in own), (env.name, own)
+        lines += own
+    (conda_dir / "requirements.txt").write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index",
+                           "--no-build-isolation", "-r", "requirements.txt"], cwd=conda_dir, capture_output=True,
+                          text=True, env={**os.environ, "VISLAW_ROOT": str(REPO)})
+    assert proc.returncode == 0 and "Would install vislaw" in proc.stdout, proc.stdout + proc.stderr

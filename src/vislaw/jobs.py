@@ -139,17 +139,27 @@ def command_fields(spec: Mapping[str, Any]) -> dict[str, str]:
     return {"encoder": str(spec.get("name") or ""), "vision_tower": tower}
 
 
-def run_external(command: str, log_path: str | None = None) -> None:
-    """Run a user's command (a shell line); its output goes to this job's log, and failure fails the job."""
+def run_external(command: str) -> None:
+    """Run a user's command (a shell line); its output goes to this job's log as it comes, and failure fails the
+    job with the output's last lines in the error.
+
+    Streamed, not collected: a trainer that runs for days logs its losses as it goes, and a job killed at its
+    time limit or out of memory keeps what was printed.
+    """
+    import collections
     import subprocess
 
-    print(f"external command: {command}", file=sys.stderr)
-    proc = subprocess.run(command, shell=True, capture_output=True, text=True)
-    sys.stderr.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
+    print(f"external command: {command}", file=sys.stderr, flush=True)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            tail.append(line)
     if proc.returncode != 0:
-        raise RuntimeError(f"external command failed with exit status {proc.returncode}: {command}\n"
-                           f"{proc.stderr[-2000:]}")
+        last = "".join(tail)[-2000:]
+        raise RuntimeError(f"external command failed with exit status {proc.returncode}: {command}\n{last}")
 
 
 def _to_job_device(*modules: torch.nn.Module) -> None:
@@ -242,7 +252,7 @@ def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: 
                          f"(captions/probe.json of {data_dir}) holds {len(records)}")
     records = records[: settings["n_probe"]]
     ids = [r["image"] for r in records]
-    projector, _ = load_projector(projector_pt)
+    projector, projector_record = load_projector(projector_pt)
     features = _cached_tokens(spec, data_dir, "caption_probe", features_h5, ids).float()
     out: dict[str, Any] = {"n_probe": len(records)}
     if method == "caption_loglik":
@@ -264,8 +274,11 @@ def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: 
         out.update({"A": result["A"], "components": result["components"]})
     else:
         raise ValueError(f"a_score.method: unknown method {method!r}")
+    # 'external': a trainer that framed its images its own way (LLaVA crops the centre), while the probe's tokens
+    # are vislaw's cache, framed as the encoder's spec says
     out["protocol"] = {"a_score": {**dict(settings), "probe": "captions/probe.json", "log": "natural"},
-                       "llm": llm_dir, "projector": projector_pt}
+                       "llm": llm_dir, "projector": projector_pt,
+                       "projector_trained": projector_record.get("mode", "builtin")}
     out["versions"] = versions()
     print(f"A ({method}) = {out['A']:.4f} over {len(records)} probe pairs", file=sys.stderr)
     write_json(out_json, out)

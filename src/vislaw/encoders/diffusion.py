@@ -124,8 +124,17 @@ class DiffusersEncoder(Encoder):
         return self.vae_scale * 2 ** max(downs - ups, 0)
 
     def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Framed images in [0, 1] -> the denoiser's clean latents (posterior mean, shifted and scaled)."""
-        posterior = self.vae.encode(self.normalize(x)).latent_dist
+        """Framed images in [0, 1] -> the denoiser's clean latents (posterior mean, shifted and scaled).
+
+        A VAE whose config sets ``force_upcast`` (SDXL's, which overflows in float16) encodes in float32 with
+        autocast off, as diffusers' own pipelines upcast it.
+        """
+        pixels = self.normalize(x)
+        if self.vae.config.get("force_upcast", False):
+            with torch.autocast(pixels.device.type, enabled=False):
+                posterior = self.vae.encode(pixels.float()).latent_dist
+        else:
+            posterior = self.vae.encode(pixels).latent_dist
         shift = self.vae.config.get("shift_factor", None) or 0.0
         return (posterior.mean - shift) * float(self.vae.config.scaling_factor)
 

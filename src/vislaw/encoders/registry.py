@@ -16,7 +16,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vislaw.encoders.spec import EncoderConfigError, EncoderSpec, is_hub_id, local_weights
+from vislaw.encoders.spec import EncoderConfigError, EncoderSpec, local_weights
 
 if TYPE_CHECKING:
     from vislaw.encoders.base import Encoder
@@ -126,8 +126,7 @@ def check_spec(spec: EncoderSpec) -> EncoderSpec:
         from vislaw.encoders.diffusion_options import check_diffusers_options  # torch-free
 
         check_diffusers_options(spec)
-    if spec.weights is not None and spec.weights != "pretrained" and not is_hub_id(spec.weights):
-        local_weights(spec)
+    local_weights(spec)  # a local path must exist
     for part in spec.parts:
         check_spec(part)
     return spec

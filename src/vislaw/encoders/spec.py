@@ -44,7 +44,8 @@ class EncoderSpec:
     kind: registered builder (``hf``, ``timm``, ``concat``, ``mini``, ``diffusers``).
     weights: hub id (``owner/name``, or ``hf-hub:owner/name`` to force it) or local path; ``None`` means the
         builder's default (random init for ``timm``, seeded by ``options.seed``).
-    image_size: side of the square the image is framed into (pixels), i.e. the encoder's input resolution.
+    image_size: side of the square the image is framed into (pixels), i.e. the encoder's input resolution
+        (default 224; a ``concat`` entry's, its largest part's).
     mean, std: per-channel normalisation applied to [0, 1] pixels inside the encoder.
     patch: pixels per feature cell at ``layer`` (ViT patch size, CNN stride); fixes the grid without loading
         the model, so a reader can state the protocol it expects. Checked against the model when built.
@@ -159,9 +160,14 @@ def is_hub_id(weights: str) -> bool:
     return bool(_HUB_ID.match(weights))
 
 
+# ``weights: pretrained``: the library's own weights of the named model (timm's ``pretrained=True``), from its cache
+LIBRARY_PRETRAINED = "pretrained"
+
+
 def local_weights(spec: EncoderSpec) -> Path | None:
-    """The local checkpoint path of ``spec.weights``, or None for a hub id; a missing path is an error."""
-    if spec.weights is None or is_hub_id(spec.weights):
+    """The local checkpoint path of ``spec.weights``, or None for a hub id or `LIBRARY_PRETRAINED`; a missing path
+    is an error."""
+    if spec.weights is None or spec.weights == LIBRARY_PRETRAINED or is_hub_id(spec.weights):
         return None
     path = Path(spec.weights).expanduser()
     if not path.exists():
@@ -253,6 +259,9 @@ def _resolve(name: str, encoders: Mapping[str, Mapping[str, Any]], stack: tuple[
         entry["parts"] = tuple(_resolve_part(name, i, part, encoders, (*stack, name)) for i, part in enumerate(parts))
     fields.update(entry)
     fields["name"] = name
+    if fields.get("kind") == "concat" and "image_size" not in fields and fields.get("parts"):
+        # the largest part's resolution: a part is then only ever shrunk, never fed an upsampled, blurred image
+        fields["image_size"] = max(part.image_size for part in fields["parts"])
     if "kind" not in fields:
         raise EncoderConfigError(f"encoders.{name}.kind: required (or name a registered spec with 'spec:')")
     try:

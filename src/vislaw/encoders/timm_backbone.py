@@ -20,7 +20,7 @@ import torch
 
 from vislaw.encoders.base import Encoder, check_patch, require_stats, resolve_layer
 from vislaw.encoders.registry import register_encoder
-from vislaw.encoders.spec import EncoderConfigError, EncoderSpec, local_weights
+from vislaw.encoders.spec import LIBRARY_PRETRAINED, EncoderConfigError, EncoderSpec, local_weights
 
 
 class TimmEncoder(Encoder):
@@ -62,14 +62,14 @@ def build_timm(spec: EncoderSpec) -> TimmEncoder:
     if not model_name:
         raise EncoderConfigError(f"{spec.key('options')}: kind 'timm' needs options.model (a timm model name)")
     kwargs = dict(spec.options.get("model_kwargs", {}))
-    path = local_weights(spec) if spec.weights not in (None, "pretrained") else None
+    path = local_weights(spec)
     if path is not None:
         # custom_load only for JAX .npz files: some timm versions default it on for ViTs, and then read
         # a PyTorch/safetensors file as npz. The state-dict route also runs the model's checkpoint filter.
         overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     else:
-        kwargs["pretrained"] = spec.weights == "pretrained"
+        kwargs["pretrained"] = spec.weights == LIBRARY_PRETRAINED
     try:
         # fork_rng: seeding random init must not touch the caller's global RNG stream.
         with torch.random.fork_rng(devices=[]):
