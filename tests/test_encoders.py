@@ -375,6 +375,8 @@ def test_layer_out_of_range_names_key(layer: int, ckpt: dict[str, Path]) -> None
         ({"kind": "hf", "weights": "w", "image_size": 0}, "image_size"),
         ({"kind": "hf", "imagesize": 224}, "imagesize"),
         ({"kind": "hf", "frame": "crop"}, "frame"),
+        ({"kind": "hf", "frame": "square"}, "frame"),
+        ({"kind": "hf", "caption_frame": "square"}, "caption_frame"),
         ({"kind": "hf", "mean": [0.5, 0.5]}, "mean"),
         ({"spec": "no_such.spec"}, "spec"),
         ({"kind": "concat", "parts": ["a", "ghost"]}, r"parts\[1\]"),
@@ -468,19 +470,43 @@ def test_paper_settings_all_registered() -> None:
 # ---- framing ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["pad", "stretch"])
+@pytest.mark.parametrize("mode", ["pad", "stretch", "crop"])
 def test_keypoints_map_into_the_framed_square(mode: str) -> None:
     image = Image.new("RGB", (80, 40), (0, 0, 0))
-    image.putpixel((60, 10), (255, 255, 255))
+    image.putpixel((50, 10), (255, 255, 255))
     framed, frame = frame_image(image, 160, mode)  # upscale x2 (pad) so the pixel stays findable
     ys, xs = np.nonzero(np.asarray(framed)[..., 0] > 100)
     found = np.array([xs.mean(), ys.mean()])
-    expected = frame.to_frame([[60.5, 10.5]], 160)[0]  # pixel centre
+    expected = frame.to_frame([[50.5, 10.5]], 160)[0]  # pixel centre
     np.testing.assert_allclose(found, expected, atol=1.0)
     np.testing.assert_allclose(frame.from_frame(frame.to_frame([[3.0, 7.0]], 840), 840), [[3.0, 7.0]])
     if mode == "pad":
         assert frame.offset == (0, 20)
         assert np.asarray(framed)[:30].max() == 0  # zero padding above the image
+    if mode == "crop":  # the centred 40 x 40 square: x 20-59, scaled x4; the pixel at (30.5, 10.5) x 4
+        assert frame.side == 40 and frame.offset == (-20, 0)
+        np.testing.assert_allclose(expected, [122.0, 42.0])
+
+
+def test_caption_frame_applies_to_the_caption_sets_alone_and_leaves_other_protocols_unchanged() -> None:
+    from vislaw.encoders.spec import spec_for_dataset
+    from vislaw.features import extraction_protocol
+
+    plain = EncoderSpec(kind="hf", weights="w", patch=14, name="clip", **_stats())
+    cropped = dataclasses.replace(plain, caption_frame="crop")
+    with pytest.raises(EncoderConfigError, match=r"^encoders\.clip\.frame: 'crop' cuts SPair's keypoints off"):
+        spec_from_config("clip", {"clip": {"kind": "hf", "weights": "w", "patch": 14, "frame": "crop"}})
+    assert "caption_frame" not in plain.to_dict() and cropped.to_dict()["caption_frame"] == "crop"
+    assert EncoderSpec.from_dict(cropped.to_dict()) == cropped
+    for dataset in ("caption_train", "caption_probe"):
+        assert spec_for_dataset(cropped, dataset) == dataclasses.replace(plain, frame="crop")
+        assert spec_for_dataset(plain, dataset) is plain
+    # SPair and the QA images keep the encoder's frame, and their caches' protocols are those without the field
+    for dataset in ("spair_test", "qa_test"):
+        assert spec_for_dataset(cropped, dataset) == plain
+        assert extraction_protocol(spec_for_dataset(cropped, dataset), "f") == extraction_protocol(plain, "f")
+    crop_protocol = extraction_protocol(spec_for_dataset(cropped, "caption_probe"), "f")["preprocessing"]
+    assert crop_protocol["frame"] == "crop" and crop_protocol["pad_value"] is None and "crop" in crop_protocol
 
 
 def test_weight_files_list_a_checkpoints_files_and_skip_hub_ids_and_hidden_metadata(tmp_path: Path) -> None:

@@ -272,3 +272,27 @@ def test_gpu_autocast_extraction_matches_cpu(cache: Path, ckpt: dict[str, Path],
     gpu = read_features(tmp_path / "gpu.h5", ids, protocol).astype(np.float32)
     cpu = read_features(cache, ids, protocol).astype(np.float32)  # same protocol: device is not part of it
     np.testing.assert_allclose(gpu, cpu, atol=0.1, rtol=0.05)  # bf16 autocast
+
+
+def test_an_encoders_caption_frame_reaches_its_caption_caches_and_their_readers(ckpt: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    """jobs.extract_features writes the caption sets in ``caption_frame`` and SPair in ``frame``; the readers of
+    stage 1 and A expect exactly that, and a cache made in another frame is refused."""
+    from vislaw.data.world import make_world, smoke_params
+    from vislaw.jobs import _cached_tokens, expected_protocol, extract_features
+
+    data = tmp_path / "data"
+    make_world(data, smoke_params())
+    spec = dataclasses.replace(hf_spec("clip", ckpt["clip"]), caption_frame="crop").to_dict()
+    outputs = {d: str(tmp_path / f"{d}.h5") for d in ("spair_test", "caption_probe")}
+    extract_features(spec, str(data), outputs, batch_size=8)
+    with h5py.File(outputs["caption_probe"]) as probe, h5py.File(outputs["spair_test"]) as spair:
+        probe_protocol = json.loads(probe.attrs["protocol"])
+        spair_protocol = json.loads(spair.attrs["protocol"])
+    assert probe_protocol["preprocessing"]["frame"] == "crop" and spair_protocol["preprocessing"]["frame"] == "pad"
+    assert probe_protocol == expected_protocol(spec, str(data), "caption_probe")
+    ids = json.loads((data / "captions" / "probe.json").read_text())[0]["image"]
+    assert _cached_tokens(spec, str(data), "caption_probe", outputs["caption_probe"], [ids]).shape == (1, 16, 32)
+    padded = {k: v for k, v in spec.items() if k != "caption_frame"}
+    with pytest.raises(CacheMismatchError):
+        _cached_tokens(padded, str(data), "caption_probe", outputs["caption_probe"], [ids])

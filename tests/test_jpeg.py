@@ -57,7 +57,7 @@ def decoded(path: Path) -> torch.Tensor:
     return decode_jpeg(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
-@pytest.mark.parametrize("mode", ["pad", "stretch"])
+@pytest.mark.parametrize("mode", ["pad", "stretch", "crop"])
 @pytest.mark.parametrize("size", [224, 336, 64])
 def test_frame_tensors_give_pillows_pixels_to_one_level(jpegs: list[Path], size: int, mode: str) -> None:
     framed = frame_tensors([decoded(p) for p in jpegs], size, mode).numpy()
@@ -66,7 +66,7 @@ def test_frame_tensors_give_pillows_pixels_to_one_level(jpegs: list[Path], size:
     for path, got, want in zip(jpegs, framed, expected):
         diff = np.abs(got.astype(int) - want.astype(int))
         with Image.open(path) as image:
-            upscaled = max(image.size) < size
+            upscaled = (min(image.size) if mode == "crop" else max(image.size)) < size
         # measured: downscaling <= 1 level on 0 to 0.2 % of the pixels; upscaling (PIL's fixed-point
         # coefficients weigh more there) <= 2 levels on 0.5-0.7 %
         assert diff.max() <= (2 if upscaled else 1), path.name
@@ -90,7 +90,7 @@ def test_one_pass_resize_would_not_match() -> None:
 
 def test_frame_tensors_refuse_what_they_cannot_frame() -> None:
     with pytest.raises(ValueError, match="frame mode"):
-        frame_tensors([torch.zeros(3, 4, 4, dtype=torch.uint8)], 8, "crop")
+        frame_tensors([torch.zeros(3, 4, 4, dtype=torch.uint8)], 8, "square")
     with pytest.raises(ValueError, match=r"image 1: expected a \(3, h, w\) uint8"):
         frame_tensors([torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(4, 4, 3, dtype=torch.uint8)], 8)
 

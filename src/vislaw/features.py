@@ -20,6 +20,7 @@ Layout of ``results/.../features/{encoder}/{dataset}.h5``:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import itertools
@@ -165,7 +166,8 @@ def extract_to_h5(
 
     if encoder is None:
         encoder = create_encoder(spec)
-    elif encoder.spec != spec:
+    elif dataclasses.replace(encoder.spec, frame=spec.frame, caption_frame=spec.caption_frame) != spec:
+        # the frame is the loader's, not the model's: one encoder serves a spec's sets in their own frames
         raise ValueError(f"{spec.key('kind')}: the encoder passed in was built from another spec")
     encoder = encoder.to(torch_device)
     if compile_mode is not None and torch_device.type == "cuda":

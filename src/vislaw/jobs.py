@@ -20,7 +20,7 @@ import vislaw
 from vislaw.commands import fill
 from vislaw.data import spair
 from vislaw.data.datasets import conversation_turns, image_set
-from vislaw.encoders.spec import EncoderSpec
+from vislaw.encoders.spec import EncoderSpec, spec_for_dataset
 from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
 from vislaw.gpu import cpu_share, gpu_job
 from vislaw.io import write_json
@@ -52,7 +52,8 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
     from vislaw.encoders import create_encoder
 
     device = device_for_job()
-    encoder = create_encoder(EncoderSpec.from_dict(spec))  # built once, reused for every image set
+    encoder_spec = EncoderSpec.from_dict(spec)
+    encoder = create_encoder(encoder_spec)  # built once, reused for every image set
     for dataset, out_h5 in outputs.items():
         images = image_set(data_dir, dataset)
         print(f"{dataset}: {len(images.ids)} images", file=sys.stderr)
@@ -64,8 +65,8 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
         # see features.extract_to_h5).
         loaders = max(1, torch.get_num_threads()) if device.type == "cpu" else default_workers(cpu_share())
         compile_mode = os.environ.get("VISLAW_COMPILE", "auto")
-        extract_to_h5(dict(spec), images.paths, out_h5, image_ids=images.ids, batch_size=batch_size,
-                      device=device, encoder=encoder, loader_threads=loaders,
+        extract_to_h5(spec_for_dataset(encoder_spec, dataset), images.paths, out_h5, image_ids=images.ids,
+                      batch_size=batch_size, device=device, encoder=encoder, loader_threads=loaders,
                       compile_mode=None if compile_mode in ("", "off", "none", "0") else compile_mode,
                       decoder=os.environ.get("VISLAW_DECODER", "pil"))
 
@@ -73,7 +74,8 @@ def extract_features(spec: Mapping[str, Any], data_dir: str, outputs: Mapping[st
 def expected_protocol(spec: Mapping[str, Any], data_dir: str, dataset: str) -> dict[str, Any]:
     """The extraction protocol a reader of (encoder, dataset) must find in the cache."""
     images = image_set(data_dir, dataset)
-    return extraction_protocol(EncoderSpec.from_dict(spec), fingerprint_files(images.paths, images.ids))
+    return extraction_protocol(spec_for_dataset(EncoderSpec.from_dict(spec), dataset),
+                               fingerprint_files(images.paths, images.ids))
 
 
 @gpu_job

@@ -3,7 +3,9 @@
 METHOD's C protocol: zero-pad the image to a square (aspect kept, image centred), resize to the encoder's
 input resolution, and express keypoints in that padded square scaled to a reference size (840 px), so the
 feature grid and the keypoints cover the same frame. ``stretch`` resizes to a square without padding: the
-paper's code did this (disagreeing with its own padded keypoint frame); offered only to replicate it.
+paper's code did this (disagreeing with its own padded keypoint frame); offered only to replicate it. ``crop``
+keeps the centred square of the short side, then resizes: the region CLIP's image processor (resize the short
+side, crop the centre) and so LLaVA's stage 1 give the encoder, for caption sets only (it cuts keypoints off).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ if TYPE_CHECKING:
 
 # PIL bicubic (with its built-in antialiasing on downscaling): recorded in every cache's protocol.
 RESAMPLE = "PIL.BICUBIC"
+FRAME_MODES = ("pad", "stretch", "crop")
 
 
 @dataclass(frozen=True)
 class SquareFrame:
-    """How an image of ``width`` x ``height`` pixels sits in the square frame (``mode``: pad or stretch)."""
+    """How an image of ``width`` x ``height`` pixels sits in the square frame (``mode``: pad, stretch or crop)."""
 
     width: int
     height: int
@@ -34,13 +37,15 @@ class SquareFrame:
 
     @property
     def side(self) -> int:
-        return max(self.width, self.height)
+        return min(self.width, self.height) if self.mode == "crop" else max(self.width, self.height)
 
     @property
     def offset(self) -> tuple[int, int]:
-        """(left, top) zero padding in original pixels; (0, 0) when stretching."""
+        """(left, top) zero padding in original pixels; (0, 0) when stretching; negative: the crop's corner."""
         if self.mode == "stretch":
             return 0, 0
+        if self.mode == "crop":
+            return -((self.width - self.side) // 2), -((self.height - self.side) // 2)
         return (self.side - self.width) // 2, (self.side - self.height) // 2
 
     def to_frame(self, xy: np.ndarray | Sequence[Sequence[float]], size: int) -> np.ndarray:
@@ -65,12 +70,15 @@ def frame_image(image: Image.Image, size: int, mode: str = "pad") -> tuple[Image
     """RGB square image of ``size`` px plus the frame that maps keypoints into it."""
     image = image.convert("RGB")
     frame = SquareFrame(image.width, image.height, mode)
+    if mode not in FRAME_MODES:
+        raise ValueError(f"frame mode must be one of {FRAME_MODES}, got {mode!r}")
     if mode == "pad" and image.width != image.height:
         canvas = Image.new("RGB", (frame.side, frame.side), (0, 0, 0))
         canvas.paste(image, frame.offset)
         image = canvas
-    elif mode not in ("pad", "stretch"):
-        raise ValueError(f"frame mode must be 'pad' or 'stretch', got {mode!r}")
+    elif mode == "crop" and image.width != image.height:
+        left, top = (-v for v in frame.offset)
+        image = image.crop((left, top, left + frame.side, top + frame.side))
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return image, frame
@@ -88,8 +96,8 @@ def frame_tensors(images: Sequence[torch.Tensor], size: int, mode: str = "pad") 
     """
     import torch
 
-    if mode not in ("pad", "stretch"):
-        raise ValueError(f"frame mode must be 'pad' or 'stretch', got {mode!r}")
+    if mode not in FRAME_MODES:
+        raise ValueError(f"frame mode must be one of {FRAME_MODES}, got {mode!r}")
     if not images:
         raise ValueError("no images to frame")
     device = images[0].device
@@ -107,6 +115,9 @@ def frame_tensors(images: Sequence[torch.Tensor], size: int, mode: str = "pad") 
             left, top = frame.offset
             canvas[:, :, top : top + height, left : left + width] = group
             group = canvas
+        elif mode == "crop" and width != height:
+            left, top = (-v for v in frame.offset)
+            group = group[:, :, top : top + frame.side, left : left + frame.side]
         out[rows] = _pil_like_resize(group, size, size)
     return out
 
@@ -186,5 +197,9 @@ def load_framed(paths: Sequence[str | os.PathLike[str]], size: int, mode: str = 
 
 def preprocessing_record(size: int, mode: str) -> dict[str, object]:
     """What `load_framed` does, for the cache protocol."""
-    return {"frame": mode, "pad_value": 0 if mode == "pad" else None, "pad_anchor": "center" if mode == "pad" else None,
-            "resize": RESAMPLE, "size": size, "range": "[0,1] then (x - mean) / std inside the encoder"}
+    padded = mode == "pad"
+    record = {"frame": mode, "pad_value": 0 if padded else None, "pad_anchor": "center" if padded else None,
+              "resize": RESAMPLE, "size": size, "range": "[0,1] then (x - mean) / std inside the encoder"}
+    if mode == "crop":  # only then: the other frames' protocols (and hashes) stay as they were
+        record["crop"] = "the short side's centred square, then resized"
+    return record

@@ -22,13 +22,15 @@ from typing import Any
 from vislaw.provenance import checkpoint_files
 
 FRAMES = ("pad", "stretch")
+CAPTION_FRAMES = ("pad", "stretch", "crop")
+CAPTION_SETS = ("caption_train", "caption_probe")
 # Kinds whose grid is ``image_size // patch`` cells of a patchifying or strided network: the convolution drops
 # any remainder, so such a grid would cover less than the frame keypoints are mapped into (the diffusers
 # kind checks its own multiple, of the VAE's and the read block's strides, when it is built).
 PATCH_GRID_KINDS = ("hf", "timm", "mini")
 # Fields a config entry may set directly; kind-specific settings go under ``options``.
 CONFIG_FIELDS = ("kind", "spec", "weights", "image_size", "mean", "std", "patch", "layer", "drop_prefix",
-                 "frame", "options", "parts")
+                 "frame", "caption_frame", "options", "parts")
 # A Hugging Face hub id: exactly ``owner/name``. Anything else (or anything starting like a path) is a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -54,6 +56,10 @@ class EncoderSpec:
     drop_prefix: drop CLS/register tokens (the paper drops CLS); ``False`` prepends them to the patch tokens.
     frame: ``pad`` = zero-pad to a square keeping aspect, then resize (METHOD's C protocol); ``stretch`` =
         resize to a square directly (only to replicate the paper code's numbers).
+    caption_frame: the frame of the caption sets (stage 1's training images and A's probe) where it must differ:
+        an external stage 1 frames its own way (LLaVA's, through CLIP's image processor, crops the centre), and A
+        reads that projector over these caches. ``crop`` = the short side's centred square, resized; or ``pad``,
+        ``stretch``. ``None``: ``frame``.
     options: kind-specific settings (``hf``: model_class; ``timm``: model, model_kwargs, seed; ``concat``:
         grid, resample; ``diffusers``: block, timestep, prompt, ensemble, seed, skip).
     parts: the specs joined by a ``concat`` spec.
@@ -69,6 +75,7 @@ class EncoderSpec:
     layer: int = -2
     drop_prefix: bool = True
     frame: str = "pad"
+    caption_frame: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     parts: tuple[EncoderSpec, ...] = ()
     name: str = field(default="", compare=False)
@@ -88,8 +95,13 @@ class EncoderSpec:
                 f"{self.key('image_size')}: {self.image_size} px is not a multiple of patch {self.patch}; "
                 f"its {side}-cell grid would cover only {side * self.patch} px of the frame"
             )
-        if self.frame not in FRAMES:
+        # 'crop' only as a caption set's frame (`spec_for_dataset`): a config entry's frame is refused it in
+        # `spec_from_config`, as SPair's keypoints must stay in the frame
+        if self.frame not in CAPTION_FRAMES:
             raise EncoderConfigError(f"{self.key('frame')}: must be one of {FRAMES}, got {self.frame!r}")
+        if self.caption_frame is not None and self.caption_frame not in CAPTION_FRAMES:
+            raise EncoderConfigError(f"{self.key('caption_frame')}: must be one of {CAPTION_FRAMES}, "
+                                     f"got {self.caption_frame!r}")
         for stat in ("mean", "std"):
             value = getattr(self, stat)
             if value is not None:
@@ -133,6 +145,8 @@ class EncoderSpec:
             if f.name == "name" and not with_name:
                 continue
             value = getattr(self, f.name)
+            if f.name == "caption_frame" and value is None:
+                continue  # unset: the protocols (and hashes) of specs from before the field stay as they were
             if f.name == "parts":
                 value = [part.to_dict(with_name) for part in value]
             elif isinstance(value, tuple):
@@ -149,6 +163,15 @@ class EncoderSpec:
         data = dict(data)
         data["parts"] = tuple(cls.from_dict(part) for part in data.get("parts", ()))
         return cls(**data)
+
+
+def spec_for_dataset(spec: EncoderSpec, dataset: str) -> EncoderSpec:
+    """The spec an image set is extracted (and its cache read) with: a caption set in ``caption_frame`` where one
+    is set. ``caption_frame`` itself is then dropped, so a spec that sets one keeps the other sets' protocols."""
+    if spec.caption_frame is None:
+        return spec
+    frame = spec.caption_frame if dataset in CAPTION_SETS else spec.frame
+    return dataclasses.replace(spec, frame=frame, caption_frame=None)
 
 
 def is_hub_id(weights: str) -> bool:
@@ -259,6 +282,10 @@ def _resolve(name: str, encoders: Mapping[str, Mapping[str, Any]], stack: tuple[
         entry["parts"] = tuple(_resolve_part(name, i, part, encoders, (*stack, name)) for i, part in enumerate(parts))
     fields.update(entry)
     fields["name"] = name
+    if fields.get("frame") not in (None, *FRAMES):
+        message = "'crop' cuts SPair's keypoints off; set caption_frame: crop for the caption sets alone" \
+            if fields["frame"] == "crop" else f"must be one of {FRAMES}, got {fields['frame']!r}"
+        raise EncoderConfigError(f"encoders.{name}.frame: {message}")
     if fields.get("kind") == "concat" and "image_size" not in fields and fields.get("parts"):
         # the largest part's resolution: a part is then only ever shrunk, never fed an upsampled, blurred image
         fields["image_size"] = max(part.image_size for part in fields["parts"])
