@@ -105,17 +105,21 @@ def test_policy_report_recommends_the_best_mean_normalised_score(tmp_path, train
     assert list(final["setting"][: len(report["predicted_top_k"])]) == report["predicted_top_k"]
 
 
+def _policy_report(root: Path, settings: dict, trained: list[str] = SETTINGS) -> dict:
+    """policy_report on the three settings' A and C with ``trained`` evaluated; its recommendation.json."""
+    ac_csv, report_json = root / "ac.csv", root / "recommendation.json"
+    ac_table(SETTINGS, _score_files(root), str(ac_csv))
+    policy_report(str(ac_csv), [], _eval_files(root, trained), settings, str(root / "r.csv"), str(report_json))
+    return json.loads(report_json.read_text())
+
+
 def test_policy_report_counts_any_setting_tied_for_the_best_as_found(tmp_path, monkeypatch) -> None:
     # enc_b and enc_c tie on both benchmarks (targets 1 and 1). The replay's top-1 is enc_c; the first of the
     # tied in config order is enc_b, which alone would have read as "not found".
     monkeypatch.setitem(SCORES, "colour", {"enc_a": 40.0, "enc_b": 70.0, "enc_c": 70.0})
     monkeypatch.setitem(SCORES, "count", {"enc_a": 60.0, "enc_b": 80.0, "enc_c": 80.0})
-    ac_csv = tmp_path / "ac.csv"
-    ac_table(SETTINGS, _score_files(tmp_path), str(ac_csv))
-    settings = {"budget": 3, "initial": 2, "per_round": 1, "top_k": 1, "seed": 0, "train_all": True}
-    report_json = tmp_path / "recommendation.json"
-    policy_report(str(ac_csv), [], _eval_files(tmp_path, SETTINGS), settings, str(tmp_path / "r.csv"), str(report_json))
-    report = json.loads(report_json.read_text())
+    report = _policy_report(tmp_path, {"budget": 3, "initial": 2, "per_round": 1, "top_k": 1, "seed": 0,
+                                       "train_all": True})
     assert report["targets"] == {"enc_a": 0.0, "enc_b": 1.0, "enc_c": 1.0}
     assert report["shadow"]["predicted_top_k"] == ["enc_c"]
     assert report["shadow"]["true_best_tied"] == ["enc_b", "enc_c"] and report["shadow"]["true_best_in_top_k"] is True
@@ -123,18 +127,11 @@ def test_policy_report_counts_any_setting_tied_for_the_best_as_found(tmp_path, m
 
 def test_policy_report_has_no_predicted_top_k_with_fewer_than_two_trainings(tmp_path) -> None:
     # One training fits nothing, so a predicted top-k would only be config order: it is reported as None.
-    ac_csv = tmp_path / "ac.csv"
-    ac_table(SETTINGS, _score_files(tmp_path), str(ac_csv))
     settings = {"budget": 1, "initial": 1, "per_round": 1, "top_k": 2, "seed": 0, "train_all": True}
-    report_json = tmp_path / "recommendation.json"
-    policy_report(str(ac_csv), [], _eval_files(tmp_path, SETTINGS), settings, str(tmp_path / "r.csv"), str(report_json))
-    report = json.loads(report_json.read_text())
+    report = _policy_report(tmp_path, settings)
     assert report["shadow"]["trainings"] == 1
     assert report["shadow"]["predicted_top_k"] is None and report["shadow"]["true_best_in_top_k"] is None
     assert len(report["predicted_top_k"]) == 2  # the fit on all three trained
     # the live run itself trained only one: its own fit has no top-k either
-    settings["train_all"] = False
-    policy_report(str(ac_csv), [], _eval_files(tmp_path, ["enc_b"]), settings, str(tmp_path / "r.csv"),
-                  str(report_json))
-    report = json.loads(report_json.read_text())
+    report = _policy_report(tmp_path, {**settings, "train_all": False}, trained=["enc_b"])
     assert report["trained"] == ["enc_b"] and report["predicted_top_k"] is None
