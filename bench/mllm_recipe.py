@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--instruct", type=Path, help="stage-2 conversations (default: the run's)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
                         help="stage 1 and 2 (the default run's auto; sessions before 18 ran fp32)")
+    parser.add_argument("--loss-average", choices=["token", "sequence"], default="sequence",
+                        help="stage 1 and 2 loss average (config.yaml's sequence; LLaVA's token)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results, data = args.results, args.results / "data"
@@ -66,7 +68,7 @@ def main() -> None:
         llm, tokenizer, cached(results, args.encoder, "caption_train", [r["image"] for r in captions]),
         [r["caption"] for r in captions],
         TrainConfig(epochs=args.stage1_epochs, lr=args.stage1_lr, group_by_length=args.group,
-                    precision=args.precision), quiet,
+                    precision=args.precision, loss_average=args.loss_average), quiet,
         pool=args.pool, norm=args.norm)
     probe = caption_records(data, "probe")
     x = cached(results, args.encoder, "caption_probe", [r["image"] for r in probe])
@@ -85,6 +87,7 @@ def main() -> None:
                         [jobs._qa_turns(r) for r in records],
                         TrainConfig(epochs=args.stage2_epochs, lr=args.stage2_lr, seed=args.seed,
                                     batch_size=args.stage2_batch, precision=args.precision,
+                                    loss_average=args.loss_average,
                                     group_by_length=args.group if args.stage2_group is None else args.stage2_group),
                         quiet)
     print(f"stage 2: {len(losses)} steps in {time.time() - start:.0f} s, loss {np.mean(losses[:5]):.3f} -> "
