@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from vislaw.encoders.spec import FRAME_MODES
+
 if TYPE_CHECKING:
     import torch
 
 # PIL bicubic (with its built-in antialiasing on downscaling): recorded in every cache's protocol.
 RESAMPLE = "PIL.BICUBIC"
-FRAME_MODES = ("pad", "stretch", "crop")
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ from typing import Any
 
 from vislaw.provenance import checkpoint_files
 
+# How `vislaw.encoders.frame` can frame an image; an entry's ``frame`` may not crop (SPair's keypoints must stay in
+# the frame), its ``caption_frame`` may.
+FRAME_MODES = ("pad", "stretch", "crop")
 FRAMES = ("pad", "stretch")
-CAPTION_FRAMES = ("pad", "stretch", "crop")
 CAPTION_SETS = ("caption_train", "caption_probe")
 # Kinds whose grid is ``image_size // patch`` cells of a patchifying or strided network: the convolution drops
 # any remainder, so such a grid would cover less than the frame keypoints are mapped into (the diffusers
@@ -97,10 +99,10 @@ class EncoderSpec:
             )
         # 'crop' only as a caption set's frame (`spec_for_dataset`): a config entry's frame is refused it in
         # `spec_from_config`, as SPair's keypoints must stay in the frame
-        if self.frame not in CAPTION_FRAMES:
+        if self.frame not in FRAME_MODES:
             raise EncoderConfigError(f"{self.key('frame')}: must be one of {FRAMES}, got {self.frame!r}")
-        if self.caption_frame is not None and self.caption_frame not in CAPTION_FRAMES:
-            raise EncoderConfigError(f"{self.key('caption_frame')}: must be one of {CAPTION_FRAMES}, "
+        if self.caption_frame is not None and self.caption_frame not in FRAME_MODES:
+            raise EncoderConfigError(f"{self.key('caption_frame')}: must be one of {FRAME_MODES}, "
                                      f"got {self.caption_frame!r}")
         for stat in ("mean", "std"):
             value = getattr(self, stat)
