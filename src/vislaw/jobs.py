@@ -276,8 +276,8 @@ def a_score(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_pt: 
         out.update({"A": result["A"], "components": result["components"]})
     else:
         raise ValueError(f"a_score.method: unknown method {method!r}")
-    # 'external': a trainer that framed its images its own way (LLaVA crops the centre), while the probe's tokens
-    # are vislaw's cache, framed as the encoder's spec says
+    # 'external': a trainer that framed its images its own way (LLaVA's image processor), while the probe's tokens
+    # are vislaw's cache, framed as the entry's caption_frame says: the record lets a reader check they agree
     out["protocol"] = {"a_score": {**dict(settings), "probe": "captions/probe.json", "log": "natural"},
                        "llm": llm_dir, "projector": projector_pt,
                        "projector_trained": projector_record.get("mode", "builtin")}
