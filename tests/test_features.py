@@ -90,6 +90,24 @@ def test_reader_returns_requested_ids(cache: Path, ckpt: dict[str, Path]) -> Non
         read_features(cache, ["img9"], expect)
 
 
+def test_cached_rows_read_a_batch_at_a_time_in_the_given_order(cache: Path, ckpt: dict[str, Path]) -> None:
+    """What stage 1 and 2 index: rows of an image list (repeats allowed, as one image serves several
+    conversations) read when indexed, by a tensor of batch rows, a list or a slice."""
+    from vislaw.features import CachedRows
+
+    expect = extraction_protocol(hf_spec("clip", ckpt["clip"]), "fp1")
+    with open_cache(cache, expect) as features:
+        everything = features.read([f"img{i}" for i in range(6)])
+        rows = CachedRows(features, ["img5", "img1", "img5", "img0"])
+        assert len(rows) == 4 and rows.shape == (4, *everything.shape[1:])
+        np.testing.assert_array_equal(rows[torch.tensor([2, 0, 3])].numpy(), everything[[5, 5, 0]])
+        np.testing.assert_array_equal(rows[[1]].numpy(), everything[[1]])
+        np.testing.assert_array_equal(rows[1:3].numpy(), everything[[1, 5]])
+        assert rows[[0]].dtype == torch.float16
+        with pytest.raises(KeyError, match="img9"):
+            CachedRows(features, ["img0", "img9"])
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

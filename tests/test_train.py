@@ -225,6 +225,29 @@ def test_stage2_needs_a_feature_row_per_conversation(tiny_llm: Path) -> None:
                    log=io.StringIO())
 
 
+def test_training_texts_are_cut_to_the_lms_context_and_an_unscorable_one_is_named(tiny_llm: Path) -> None:
+    from vislaw.train import fit_to_context
+
+    llm, tokenizer = load_llm(tiny_llm)
+    limit = llm.config["max_position_embeddings"]
+    texts = [([5] * 3, [False, True, True]), ([5] * (limit + 9), [False] * 4 + [True] * (limit + 5))]
+    log = io.StringIO()
+    cut = fit_to_context(texts, llm, 10, "conversation", log)
+    assert cut[0] == texts[0] and cut[1] == ([5] * (limit - 10), [False] * 4 + [True] * (limit - 14))
+    assert f"1 of 2 conversations cut to the LM's {limit} positions" in log.getvalue()
+    with pytest.raises(ValueError, match=rf"conversation 1: nothing to score within the LM's {limit} positions"):
+        fit_to_context([texts[0], ([5] * limit, [False] * (limit - 1) + [True])], llm, 10, "conversation", log)
+    with pytest.raises(ValueError, match=rf"{limit} positions of <s> and visual tokens fill the LM's"):
+        fit_to_context(texts, llm, limit, "caption", log)
+    # stage 2 on a conversation longer than the context trains on what fits, instead of running RoPE past it
+    features, _, _ = features_and_captions(2)
+    long_answer = " ".join(["red"] * limit)
+    log = io.StringIO()
+    train_mllm(llm, Projector(12, 32), tokenizer, features, [[("q", "a red circle")], [("what colour?", long_answer)]],
+               TrainConfig(epochs=1, batch_size=2), log=log)
+    assert f"1 of 2 conversations cut to the LM's {limit} positions" in log.getvalue()
+
+
 def test_batched_generation_gives_the_one_at_a_time_answers(tiny_llm: Path) -> None:
     """Prompts of different lengths, right-padded together: each answer must be read at its own row's last
     real position (reading the batch's last column would read padding for the shorter prompts)."""
@@ -240,6 +263,13 @@ def test_batched_generation_gives_the_one_at_a_time_answers(tiny_llm: Path) -> N
     for batch_size in (3, 64):
         assert generate_answers(llm, projector, tokenizer, features, prompts, max_new_tokens=5,
                                 batch_size=batch_size) == one_by_one
+    # The LM head runs only from the shortest row's last position on, not at every image position
+    kept = []
+    hook = llm.register_forward_pre_hook(lambda _, args, kwargs: kept.append(kwargs.get("logits_to_keep")),
+                                         with_kwargs=True)
+    generate_answers(llm, projector, tokenizer, features, prompts, max_new_tokens=1, batch_size=64)
+    hook.remove()
+    assert kept == [max(lengths) - min(lengths) + 1]
 
 
 def test_token_pooling_averages_grid_neighbourhoods() -> None:

@@ -390,6 +390,29 @@ class FeatureCache:
         return block if np.array_equal(inverse, np.arange(len(rows))) else block[inverse]
 
 
+class CachedRows:
+    """Rows of an open cache in a given image order, read when indexed: ``rows[index]`` -> float16 torch tensor
+    (len(index), tokens, channels). Stage 1 and 2 take a batch at a time, so a real caption set (LLaVA-558K at
+    576 x 1024 tokens is ~660 GB in float16) never has to fit in memory."""
+
+    def __init__(self, cache: FeatureCache, image_ids: Sequence[str]) -> None:
+        missing = [i for i in image_ids if i not in cache._row]
+        if missing:
+            raise KeyError(f"{cache.h5.filename}: no features for image ids {missing[:5]}")
+        self._cache, self._ids = cache, list(image_ids)
+        self.shape = (len(self._ids), *cache.h5["tokens"].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index: slice | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, slice):
+            ids = self._ids[index]
+        else:
+            ids = [self._ids[i] for i in torch.as_tensor(index).reshape(-1).tolist()]
+        return torch.from_numpy(self._cache.read(ids))
+
+
 @contextlib.contextmanager
 def open_cache(path: str | os.PathLike[str], expect: Mapping[str, Any]) -> Iterator[FeatureCache]:
     """Open a cache, raising `CacheMismatchError` unless its protocol equals ``expect`` exactly.

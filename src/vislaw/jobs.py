@@ -6,10 +6,11 @@ of these, so every job can also be run (and tested) from Python.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from vislaw.commands import fill
 from vislaw.data import spair
 from vislaw.data.datasets import conversation_turns, image_set
 from vislaw.encoders.spec import EncoderSpec, spec_for_dataset
-from vislaw.features import extract_to_h5, extraction_protocol, fingerprint_files, open_cache
+from vislaw.features import CachedRows, extract_to_h5, extraction_protocol, fingerprint_files, open_cache
 from vislaw.gpu import cpu_share, gpu_job
 from vislaw.io import write_json
 from vislaw.loader import default_workers
@@ -132,6 +133,14 @@ def _cached_tokens(spec: Mapping[str, Any], data_dir: str, dataset: str, feature
     return torch.from_numpy(read_features(features_h5, image_ids, expected_protocol(spec, data_dir, dataset)))
 
 
+@contextlib.contextmanager
+def _cached_rows(spec: Mapping[str, Any], data_dir: str, dataset: str, features_h5: str,
+                 image_ids: list[str]) -> Iterator[CachedRows]:
+    """The cache's rows for ``image_ids``, read a batch at a time while the file is open (stage 1 and 2)."""
+    with open_cache(features_h5, expected_protocol(spec, data_dir, dataset)) as cache:
+        yield CachedRows(cache, image_ids)
+
+
 def command_fields(spec: Mapping[str, Any]) -> dict[str, str]:
     """Template fields that name the encoder in external commands: ``$encoder`` (its config key) and
     ``$vision_tower`` (its weights; for a concatenation its parts' weights joined by '+', since a
@@ -186,8 +195,6 @@ def _resolved(config: TrainConfig, llm: torch.nn.Module, section: str) -> TrainC
 def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, features_h5: str,
                     settings: Mapping[str, Any], out_pt: str) -> None:
     """Rule train_projector: the stage-1 projector of one encoder (built in, or an external command)."""
-    import tempfile
-
     if settings.get("command") and (int(settings.get("pool", 1)) != 1 or settings.get("pool_grid")):
         raise ValueError("stage1.pool: LLaVA's mm_projector.bin has no token pooling; set pool to 1 (and no "
                          "pool_grid) with stage1.command")
@@ -200,12 +207,24 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
 
     from vislaw.data.datasets import caption_records
     from vislaw.llm import load_llm
-    from vislaw.train import TrainConfig, pool_stride, projector_from_llava, save_projector
-    from vislaw.train import train_projector as fit
+    from vislaw.train import save_projector
 
     llm, tokenizer = load_llm(llm_dir, key="llm.weights")
     records = caption_records(data_dir, "train")
-    features = _cached_tokens(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records])
+    with _cached_rows(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records]) as features:
+        projector, record = _stage1(spec, data_dir, llm_dir, llm, tokenizer, records, features, settings, out_pt)
+    save_projector(out_pt, projector, record)
+
+
+def _stage1(spec: Mapping[str, Any], data_dir: str, llm_dir: str, llm: torch.nn.Module, tokenizer: Any,
+            records: list[dict[str, Any]], features: CachedRows, settings: Mapping[str, Any],
+            out_pt: str) -> tuple[Any, dict[str, Any]]:
+    """`train_projector`'s projector and record, from the open caption cache (only its width, for a command)."""
+    import tempfile
+
+    from vislaw.train import TrainConfig, pool_stride, projector_from_llava
+    from vislaw.train import train_projector as fit
+
     record: dict[str, Any] = {"encoder": dict(spec), "llm": llm_dir, "pairs": len(records), "versions": versions()}
     command = settings.get("command")
     if command:
@@ -232,7 +251,7 @@ def train_projector(spec: Mapping[str, Any], data_dir: str, llm_dir: str, featur
         record.update({"mode": "builtin", "config": asdict(config), "pool": pool, "projector": kind,
                        "loss": losses})
         print(f"stage 1: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
-    save_projector(out_pt, projector, record)
+    return projector, record
 
 
 @gpu_job
@@ -327,10 +346,10 @@ def train_mllm(spec: Mapping[str, Any], data_dir: str, llm_dir: str, projector_p
     records = read_records(Path(data_dir) / "qa" / "instruct_train.json")
     llm, tokenizer = load_llm(llm_dir, key="llm.weights")
     projector, _ = load_projector(projector_pt)
-    features = _cached_tokens(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records])
     _to_job_device(llm, projector)
     config = _resolved(TrainConfig(**{k: v for k, v in settings.items() if k != "command"}), llm, "stage2")
-    losses = fit(llm, projector, tokenizer, features, [_qa_turns(r) for r in records], config)
+    with _cached_rows(spec, data_dir, "caption_train", features_h5, [r["image"] for r in records]) as features:
+        losses = fit(llm, projector, tokenizer, features, [_qa_turns(r) for r in records], config)
     print(f"stage 2: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps", file=sys.stderr)
     save_mllm(out_dir, llm, tokenizer, projector,
               {"encoder": dict(spec), "config": asdict(config), "loss": losses, "conversations": len(records),

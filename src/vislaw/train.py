@@ -165,6 +165,34 @@ def bos_tokens(tokenizer: Tokenizer) -> int:
     return 0 if tokenizer.bos_token_id is None else 1
 
 
+def fit_to_context(texts: Sequence[tuple[list[int], list[bool]]], llm: nn.Module, before_text: int, what: str,
+                   log=sys.stderr) -> list[tuple[list[int], list[bool]]]:
+    """Training texts cut to the LM's context (``config.max_position_embeddings``), as LLaVA cuts each sequence at
+    ``model_max_length``: ``before_text`` positions (``<s>`` and the visual tokens) come first. Cut texts are
+    counted in ``log``; one left with nothing to score (its first answer beyond the context) is an error.
+    """
+    config = getattr(llm, "config", None)  # transformers' config object, or the lean TinyLlama's dict
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else \
+        getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return list(texts)
+    room = int(limit) - before_text
+    if room <= 0:
+        raise ValueError(f"{before_text} positions of <s> and visual tokens fill the LM's {limit}-position context: "
+                         "pool the visual tokens (stage1.pool) or use an LM with a longer context")
+    out, cut = [], 0
+    for i, (ids, flags) in enumerate(texts):
+        if len(ids) > room:
+            ids, flags, cut = ids[:room], flags[:room], cut + 1
+            if not any(flags):
+                raise ValueError(f"{what} {i}: nothing to score within the LM's {limit} positions ({before_text} "
+                                 f"before the text, {room} left for it)")
+        out.append((ids, flags))
+    if cut:
+        print(f"{cut} of {len(texts)} {what}s cut to the LM's {limit} positions", file=log)
+    return out
+
+
 def build_batch(
     llm: nn.Module,
     projector: Projector,
@@ -337,6 +365,7 @@ def train_projector(
     projector.to(embed.weight.device)  # initialised on the CPU first: the same draws on every device
     llm.requires_grad_(False)
     texts = [tokenize_parts(tokenizer, [TextPart(c, True)]) for c in captions]
+    texts = fit_to_context(texts, llm, bos_tokens(tokenizer) + projector.n_tokens(features.shape[1]), "caption", log)
 
     def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
         return batch_loss(llm, projector, features[index], [texts[i] for i in index], tokenizer,
@@ -387,6 +416,8 @@ def train_mllm(
     llm.train()
     projector.train()
     texts = [tokenize_turns(tokenizer, turns) for turns in conversations]
+    texts = fit_to_context(texts, llm, bos_tokens(tokenizer) + projector.n_tokens(features.shape[1]),
+                           "conversation", log)
 
     def loss_of_batch(index: torch.Tensor) -> torch.Tensor:
         return batch_loss(llm, projector, features[index], [texts[i] for i in index], tokenizer,
@@ -515,10 +546,14 @@ def generate_answers(
             texts = [(prompt_ids[r] + generated[r], [False] * (len(prompt_ids[r]) + len(generated[r])))
                      for r in active]
             embeds, _, _, attention = build_batch(llm, projector, features[active], texts, tokenizer)
-            logits = llm(inputs_embeds=embeds, attention_mask=attention).logits
             last = attention.sum(dim=1) - 1
+            # logits only from the shortest row's last position on: a real LM's vocabulary (Qwen2's 152k) at
+            # every image position would be ~23 GiB for 64 rows of 626 positions
+            keep = int(attention.shape[1] - last.min())
+            logits = _logits(llm, embeds, attention, keep)
             batch_rows = torch.arange(len(active), device=logits.device)
-            for r, next_id in zip(active, logits[batch_rows, last].argmax(dim=-1).tolist()):
+            next_ids = logits[batch_rows, last - (attention.shape[1] - keep)].argmax(dim=-1)
+            for r, next_id in zip(active, next_ids.tolist()):
                 if next_id == tokenizer.eos_token_id:
                     finished[r] = True
                 else:
