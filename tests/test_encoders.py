@@ -489,8 +489,11 @@ def test_keypoints_map_into_the_framed_square(mode: str) -> None:
 
 
 def test_caption_frame_applies_to_the_caption_sets_alone_and_leaves_other_protocols_unchanged() -> None:
+    from vislaw.encoders import frame, spec
     from vislaw.encoders.spec import spec_for_dataset
     from vislaw.features import extraction_protocol
+
+    assert spec.FRAME_MODES == frame.FRAME_MODES  # what a spec accepts is what the framing can do
 
     plain = EncoderSpec(kind="hf", weights="w", patch=14, name="clip", **_stats())
     cropped = dataclasses.replace(plain, caption_frame="crop")

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from vislaw.encoders.spec import FRAME_MODES
-
 if TYPE_CHECKING:
     import torch
 
 # PIL bicubic (with its built-in antialiasing on downscaling): recorded in every cache's protocol.
 RESAMPLE = "PIL.BICUBIC"
+# The framings below; `vislaw.encoders.spec.FRAME_MODES` names the same (spec stays free of numpy and PIL, which
+# the workflow's parse would otherwise import; tests/test_encoders.py checks they agree).
+FRAME_MODES = ("pad", "stretch", "crop")
 
 
 @dataclass(frozen=True)

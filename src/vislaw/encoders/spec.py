@@ -21,10 +21,10 @@ from typing import Any
 
 from vislaw.provenance import checkpoint_files
 
-# How `vislaw.encoders.frame` can frame an image; an entry's ``frame`` may not crop (SPair's keypoints must stay in
-# the frame), its ``caption_frame`` may.
-FRAME_MODES = ("pad", "stretch", "crop")
+# How `vislaw.encoders.frame` can frame an image (its FRAME_MODES); an entry's ``frame`` may not crop (SPair's
+# keypoints must stay in the frame), its ``caption_frame`` may.
 FRAMES = ("pad", "stretch")
+FRAME_MODES = (*FRAMES, "crop")
 CAPTION_SETS = ("caption_train", "caption_probe")
 # Kinds whose grid is ``image_size // patch`` cells of a patchifying or strided network: the convolution drops
 # any remainder, so such a grid would cover less than the frame keypoints are mapped into (the diffusers
