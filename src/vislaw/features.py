@@ -372,11 +372,15 @@ class FeatureCache:
     def num_prefix_tokens(self) -> int:
         return int(self.h5.attrs["num_prefix_tokens"])
 
-    def read(self, image_ids: Sequence[str]) -> np.ndarray:
+    def rows_of(self, image_ids: Sequence[str]) -> np.ndarray:
+        """The file's rows of ``image_ids``; a `KeyError` naming the file and the first missing ids."""
         missing = [i for i in image_ids if i not in self._row]
         if missing:
             raise KeyError(f"{self.h5.filename}: no features for image ids {missing[:5]}")
-        rows = np.array([self._row[i] for i in image_ids], dtype=np.int64)
+        return np.array([self._row[i] for i in image_ids], dtype=np.int64)
+
+    def read(self, image_ids: Sequence[str]) -> np.ndarray:
+        rows = self.rows_of(image_ids)
         if rows.size == 0:
             return np.empty((0, *self.h5["tokens"].shape[1:]), dtype=STORAGE_DTYPE)
         # h5py fancy indexing needs unique increasing rows: read those once, then put them in request order.
@@ -402,9 +406,7 @@ class CachedRows:
     has to fit in memory."""
 
     def __init__(self, cache: FeatureCache, image_ids: Sequence[str], in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
-        missing = [i for i in image_ids if i not in cache._row]
-        if missing:
-            raise KeyError(f"{cache.h5.filename}: no features for image ids {missing[:5]}")
+        cache.rows_of(image_ids)  # every id there, checked before the first batch
         self._cache, self._ids = cache, list(image_ids)
         self.shape = (len(self._ids), *cache.h5["tokens"].shape[1:])
         size = int(np.prod(self.shape)) * np.dtype(STORAGE_DTYPE).itemsize
