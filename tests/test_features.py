@@ -100,12 +100,13 @@ def test_cached_rows_read_a_batch_at_a_time_in_the_given_order(cache: Path, ckpt
         everything = features.read([f"img{i}" for i in range(6)])
         for in_memory_bytes in (0, 1 << 20):  # read from the file when indexed; held in memory
             rows = CachedRows(features, ["img5", "img1", "img5", "img0"], in_memory_bytes)
-            assert (rows._all is None) == (in_memory_bytes == 0)
             assert len(rows) == 4 and rows.shape == (4, *everything.shape[1:])
+            assert rows._all is None  # the width alone (an external stage 1) reads no rows
             np.testing.assert_array_equal(rows[torch.tensor([2, 0, 3])].numpy(), everything[[5, 5, 0]])
             np.testing.assert_array_equal(rows[[1]].numpy(), everything[[1]])
             np.testing.assert_array_equal(rows[1:3].numpy(), everything[[1, 5]])
             assert rows[[0]].dtype == torch.float16
+            assert (rows._all is None) == (in_memory_bytes == 0)  # held after the first indexing, where it fits
         with pytest.raises(KeyError, match="img9"):
             CachedRows(features, ["img0", "img9"])
 

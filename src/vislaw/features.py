@@ -401,21 +401,24 @@ IN_MEMORY_BYTES = 4 << 30
 
 class CachedRows:
     """Rows of an open cache in a given image order: ``rows[index]`` -> float16 torch tensor (len(index), tokens,
-    channels). Held in memory up to ``in_memory_bytes``; above, read from the file when indexed, as stage 1 and 2
-    take a batch at a time, so a real caption set (LLaVA-558K at 576 x 1024 tokens is ~660 GB in float16) never
-    has to fit in memory."""
+    channels). Up to ``in_memory_bytes`` all rows are read at the first indexing and held; above, each index is
+    read from the file, as stage 1 and 2 take a batch at a time, so a real caption set (LLaVA-558K at 576 x 1024
+    tokens is ~660 GB in float16) never has to fit in memory. ``shape`` reads no rows (an external stage 1 needs
+    only the width)."""
 
     def __init__(self, cache: FeatureCache, image_ids: Sequence[str], in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
         cache.rows_of(image_ids)  # every id there, checked before the first batch
         self._cache, self._ids = cache, list(image_ids)
         self.shape = (len(self._ids), *cache.h5["tokens"].shape[1:])
-        size = int(np.prod(self.shape)) * np.dtype(STORAGE_DTYPE).itemsize
-        self._all = torch.from_numpy(cache.read(self._ids)) if size <= in_memory_bytes else None
+        self._in_memory = int(np.prod(self.shape)) * np.dtype(STORAGE_DTYPE).itemsize <= in_memory_bytes
+        self._all: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __getitem__(self, index: slice | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        if self._in_memory and self._all is None:
+            self._all = torch.from_numpy(self._cache.read(self._ids))
         if self._all is not None:
             return self._all[index] if isinstance(index, slice) else self._all[torch.as_tensor(index).reshape(-1)]
         if isinstance(index, slice):

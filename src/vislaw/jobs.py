@@ -136,7 +136,7 @@ def _cached_tokens(spec: Mapping[str, Any], data_dir: str, dataset: str, feature
 @contextlib.contextmanager
 def _cached_rows(spec: Mapping[str, Any], data_dir: str, dataset: str, features_h5: str,
                  image_ids: list[str]) -> Iterator[CachedRows]:
-    """The cache's rows for ``image_ids``, read a batch at a time while the file is open (stage 1 and 2)."""
+    """The cache's rows for ``image_ids`` while the file is open (stage 1 and 2; `CachedRows` says when it reads)."""
     with open_cache(features_h5, expected_protocol(spec, data_dir, dataset)) as cache:
         yield CachedRows(cache, image_ids)
 
